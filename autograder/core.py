@@ -260,20 +260,21 @@ class _Forbid:
                         self._undo.append(lambda g=g, k=key, v=original: g.__setitem__(k, v))
             code = getattr(getattr(original, "__func__", original), "__code__", None)
             if code is not None:
-                self._codes[code] = path
+                self._codes[id(code)] = (code, path)
             if isinstance(original, type):
                 for member in vars(original).values():
                     c = getattr(getattr(member, "__func__", member), "__code__", None)
                     if c is not None:
-                        self._codes[c] = path
+                        self._codes[id(c)] = (c, path)
         if self._codes:
             self._previous_profile = sys.getprofile()
             codes, log = self._codes, self.log
 
             def hook(frame, event, arg):
-                if event == "call" and frame.f_code in codes:
-                    log.append(codes[frame.f_code])
-                    raise ForbiddenCall(codes[frame.f_code])
+                # Identity, not equality: code objects with the same bytecode compare equal.
+                if event == "call" and id(frame.f_code) in codes:
+                    log.append(codes[id(frame.f_code)][1])
+                    raise ForbiddenCall(codes[id(frame.f_code)][1])
 
             sys.setprofile(hook)
         return self
@@ -441,7 +442,8 @@ def _run_case(ex: Exercise, case: Case, submission: Any) -> CheckResult:
     before = (_snapshot(args), _snapshot(kwargs)) if case.check_mutation else None
     forbid = _Forbid(ex.forbidden + [ex.solution], submission)
     try:
-        with _Timeout(CASE_TIMEOUT_S), forbid:
+        # Resolve the forbidden objects (which may import a large library) before the clock starts.
+        with forbid, _Timeout(CASE_TIMEOUT_S):
             if case.run is not None:
                 got = case.run(submission, *args, **kwargs)
             else:

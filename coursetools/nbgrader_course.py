@@ -71,8 +71,16 @@ def make_course(names: list[str], course_dir: Path, course_id: str = "llm-course
     return released
 
 
+def tool_env(**extra: str) -> dict[str, str]:
+    """The environment for nbgrader's commands: it calls helpers (alembic) found on PATH."""
+    import os
+
+    bindir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", ""), **extra}
+
+
 def run(cmd: list[str], cwd: Path, log=print) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=tool_env())
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
