@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import importlib
+import inspect
 import math
 import signal
 import sys
@@ -245,8 +247,20 @@ class _Forbid:
                 seen.append(g)
         return seen
 
+    def prepare(self) -> "_Forbid":
+        """Resolve the forbidden objects once (this may import a large library)."""
+        self._resolved = list(self._targets())
+        self.depth = 0
+        return self
+
     def __enter__(self):
-        for path, owner, name, original in self._targets():
+        # Re-entrant: the guard is switched on for each call into the learner's code and
+        # off again when it returns, so that the checks' own set-up may use the references.
+        self.depth += 1
+        if self.depth > 1:
+            return self
+        self._undo = []
+        for path, owner, name, original in self._resolved:
             proxy = _ForbiddenProxy(path, original, self.log)
             try:
                 setattr(owner, name, proxy)
@@ -280,11 +294,44 @@ class _Forbid:
         return self
 
     def __exit__(self, *exc):
+        self.depth -= 1
+        if self.depth > 0:
+            return False
         if self._codes:
             sys.setprofile(self._previous_profile)
         for undo in reversed(self._undo):
             undo()
         return False
+
+    def wrap(self, submission: Any) -> Any:
+        """The submission, with the guard switched on during every call into it."""
+        forbid = self
+
+        def guarded(fn):
+            @functools.wraps(fn)
+            def call(*args, **kwargs):
+                with forbid:
+                    return fn(*args, **kwargs)
+            return call
+
+        if not isinstance(submission, type):
+            return guarded(submission)
+        attrs: dict[str, Any] = {}
+        for klass in submission.__mro__:
+            if klass.__module__.split(".")[0] in ("builtins", "torch", "transformers", "typing", "abc"):
+                continue
+            for name, member in vars(klass).items():
+                if name in attrs or (name.startswith("__") and name not in ("__init__", "__call__")):
+                    continue
+                if isinstance(member, staticmethod):
+                    attrs[name] = staticmethod(guarded(member.__func__))
+                elif isinstance(member, classmethod):
+                    attrs[name] = classmethod(guarded(member.__func__))
+                elif inspect.isfunction(member):
+                    attrs[name] = guarded(member)
+        attrs["__module__"] = submission.__module__
+        attrs["__qualname__"] = submission.__qualname__
+        return type(submission.__name__, (submission,), attrs)
 
 
 # --------------------------------------------------------------------------------------
@@ -440,14 +487,15 @@ def _run_case(ex: Exercise, case: Case, submission: Any) -> CheckResult:
     t0 = time.perf_counter()
     args, kwargs = copy.deepcopy(case.args), copy.deepcopy(case.kwargs)
     before = (_snapshot(args), _snapshot(kwargs)) if case.check_mutation else None
-    forbid = _Forbid(ex.forbidden + [ex.solution], submission)
+    # Resolve the forbidden objects (which may import a large library) before the clock starts.
+    forbid = _Forbid(ex.forbidden + [ex.solution], submission).prepare()
+    guarded = forbid.wrap(submission)
     try:
-        # Resolve the forbidden objects (which may import a large library) before the clock starts.
-        with forbid, _Timeout(CASE_TIMEOUT_S):
+        with _Timeout(CASE_TIMEOUT_S):
             if case.run is not None:
-                got = case.run(submission, *args, **kwargs)
+                got = case.run(guarded, *args, **kwargs)
             else:
-                got = submission(*args, **kwargs)
+                got = guarded(*args, **kwargs)
     except NotImplementedError:
         return CheckResult(case.name, False, "not implemented yet (the function still raises NotImplementedError)",
                            seconds=time.perf_counter() - t0)

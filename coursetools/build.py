@@ -75,11 +75,15 @@ def errors_in(nb: nbformat.NotebookNode) -> list[str]:
     return found
 
 
+WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
 def _transfer_outputs(src: nbformat.NotebookNode, dst: nbformat.NotebookNode) -> None:
     assert len(src.cells) == len(dst.cells)
     for s, d in zip(src.cells, dst.cells):
         if d.cell_type == "code":
-            d.outputs = s.outputs
+            # Progress-bar widgets have no saved state: a static page would show a dead bar.
+            d.outputs = [o for o in s.outputs if WIDGET not in o.get("data", {})]
             d.execution_count = s.execution_count
 
 
