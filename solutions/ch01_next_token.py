@@ -10,7 +10,6 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 
 # ----------------------------------------------------------------------------------------
@@ -28,7 +27,7 @@ def shakespeare_works() -> dict[str, str]:
 
 
 def shakespeare_text(max_chars: int | None = None) -> str:
-    """All works concatenated in name order (about 5.5 million characters), optionally cut."""
+    """All works concatenated in name order (about 5.1 million characters), optionally cut."""
     text = "\n\n".join(shakespeare_works().values())
     return text if max_chars is None else text[:max_chars]
 

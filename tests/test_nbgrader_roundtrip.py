@@ -3,8 +3,6 @@ one complete, one who submits the untouched release, one with a typical mistake.
 from __future__ import annotations
 
 import csv
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -3,7 +3,6 @@ and the student edition, untouched, without crashing (its experiments fall back 
 reference solutions and its checks report "not implemented")."""
 import os
 
-import nbformat
 import pytest
 
 from coursetools import build, notebooks

@@ -584,7 +584,6 @@ def _tok_cases(hidden):
 
 
 def _tok_variant(text, vocab, lower=True, strip=True, punct=True):
-    import unicodedata
 
     from tokenizers import normalizers, pre_tokenizers
 
