@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import traceback
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
@@ -475,7 +476,8 @@ def _same(a: Any, b: Any) -> bool:
 
 def _describe_exception(exc: BaseException, limit: int = 3) -> str:
     tb = traceback.extract_tb(exc.__traceback__)
-    user = [f for f in tb if "autograder" not in f.filename.replace("\\", "/").split("/")[-2:-1]]
+    here = str(Path(__file__).resolve().parent)
+    user = [f for f in tb if not str(Path(f.filename).resolve()).startswith(here)]
     where = ""
     if user:
         f = user[-1]
