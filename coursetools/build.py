@@ -119,6 +119,13 @@ def generate(names: list[str] | None = None, run: bool = False, log=print) -> di
     return timings
 
 
+def _rel(path: Path) -> str:
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def stale() -> list[str]:
     """Committed generated files that no longer match their sources."""
     url = repo_url()
@@ -128,7 +135,7 @@ def stale() -> list[str]:
         problems.append("_toc.yml")
     for ch in all_chapters:
         for path, edition in ((student_path(ch), "student"), (nbgrader_path(ch), "nbgrader")):
-            rel = path.relative_to(ROOT)
+            rel = _rel(path)
             if not path.exists():
                 problems.append(f"{rel} (missing)")
                 continue
@@ -136,13 +143,14 @@ def stale() -> list[str]:
             have = notebooks.comparable(nbformat.read(path, as_version=4))
             if want != have:
                 problems.append(str(rel))
-        if path.exists() and not any(c.get("outputs") for c in nbformat.read(student_path(ch), as_version=4).cells
-                                     if c.cell_type == "code"):
-            problems.append(f"{student_path(ch).relative_to(ROOT)} (no outputs: run `python -m coursetools generate --run`)")
+        student = student_path(ch)
+        if student.exists() and not any(c.get("outputs") for c in nbformat.read(student, as_version=4).cells
+                                        if c.cell_type == "code"):
+            problems.append(f"{_rel(student)} (no outputs: run `python -m coursetools generate --run`)")
     known = {f"{c.slug}.ipynb" for c in all_chapters}
     for path in sorted(CHAPTERS_DIR.glob("*.ipynb")):
         if path.name not in known:
-            problems.append(f"{path.relative_to(ROOT)} (no source in content/)")
+            problems.append(f"{_rel(path)} (no source in content/)")
     return problems
 
 

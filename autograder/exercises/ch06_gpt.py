@@ -1,0 +1,919 @@
+"""Chapter 6 - GPT, generation and the KV cache.
+
+The reference everywhere is Hugging Face ``transformers``: a tiny ``GPT2LMHeadModel`` built
+from a config in code (eager attention, no dropout, weights drawn from a seed and
+perturbed so that every LayerNorm and bias matters), its logits, its
+``num_parameters()``, its logits warpers and its greedy ``generate``.
+
+The learner's later exercises (cached attention, cached forward, generate) take a GPT as
+input. The checks hand them a container with the documented attribute names, assembled
+from the earlier chapters' modules (chapter 3 embeddings, chapter 4 attention, chapter 5
+blocks) and loaded with the Hugging Face weights; what they return is compared with
+Hugging Face's own outputs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..core import Exercise, Mistake, compare_equal, compare_tensors, register
+from .ch05_block import case
+
+CH = "ch06"
+SOL = "solutions.ch06_gpt"
+
+
+# ----------------------------------------------------------------------------------------
+# Tiny Hugging Face GPT-2 models, and the same weights under our names
+# ----------------------------------------------------------------------------------------
+# (seed, vocab, positions, width, layers, heads); greedy decoding on these models has a
+# clear winner at every step of the cases below (no near-ties for rounding to flip).
+SPECS = {
+    "A": (0, 120, 48, 32, 2, 4),
+    "B": (1, 256, 64, 64, 3, 4),
+    "C": (2, 100, 40, 48, 4, 2),
+    "D": (3, 300, 32, 40, 2, 5),
+}
+
+
+@dataclasses.dataclass
+class GraderConfig:
+    """The same fields as the chapter's GPTConfig."""
+
+    vocab_size: int
+    block_size: int
+    n_layer: int
+    n_head: int
+    n_embd: int
+    eps: float = 1e-5
+
+
+def _config(spec) -> GraderConfig:
+    _, V, P, d, L, H = SPECS[spec]
+    return GraderConfig(vocab_size=V, block_size=P, n_layer=L, n_head=H, n_embd=d)
+
+
+def _hf_config(V, P, d, L, H, **kw):
+    from transformers import GPT2Config
+
+    return GPT2Config(vocab_size=V, n_positions=P, n_embd=d, n_layer=L, n_head=H, bos_token_id=None,
+                      eos_token_id=None, pad_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                      attn_implementation="eager", initializer_range=0.3, **kw)
+
+
+@functools.lru_cache(maxsize=None)
+def hf_model(spec: str):
+    """A tiny GPT2LMHeadModel in eval mode (shared: never hand it to the learner's code)."""
+    from transformers import GPT2LMHeadModel
+
+    seed, V, P, d, L, H = SPECS[spec]
+    with torch.random.fork_rng():  # leave the learner's global RNG alone
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(_hf_config(V, P, d, L, H)).eval()
+    g = torch.Generator().manual_seed(seed + 1000)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".ln_" in name and name.endswith("weight"):
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+            elif name.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def our_names(n_layer: int) -> list[str]:
+    names = ["embed.tok.weight", "embed.pos.weight"]
+    for i in range(n_layer):
+        for part in ("ln_1", "attn.qkv", "attn.proj", "ln_2", "mlp.fc", "mlp.proj"):
+            names += [f"blocks.{i}.{part}.weight", f"blocks.{i}.{part}.bias"]
+    return names + ["ln_f.weight", "ln_f.bias", "lm_head.weight"]
+
+
+def hf_to_ours(hf) -> dict[str, torch.Tensor]:
+    """The grader's own renaming, read straight off the Hugging Face modules."""
+    t = hf.transformer
+    sd = {"embed.tok.weight": t.wte.weight, "embed.pos.weight": t.wpe.weight,
+          "ln_f.weight": t.ln_f.weight, "ln_f.bias": t.ln_f.bias, "lm_head.weight": hf.lm_head.weight}
+    for i, h in enumerate(t.h):
+        for ours, mod, conv in (("ln_1", h.ln_1, False), ("ln_2", h.ln_2, False), ("attn.qkv", h.attn.c_attn, True),
+                                ("attn.proj", h.attn.c_proj, True), ("mlp.fc", h.mlp.c_fc, True),
+                                ("mlp.proj", h.mlp.c_proj, True)):
+            sd[f"blocks.{i}.{ours}.weight"] = mod.weight.T if conv else mod.weight  # Conv1D is [in, out]
+            sd[f"blocks.{i}.{ours}.bias"] = mod.bias
+    return {k: v.detach().clone().contiguous() for k, v in sd.items()}
+
+
+class ContractError(Exception):
+    """The learner's model does not have the structure the docstring names."""
+
+
+def load_ours(model, state: dict[str, torch.Tensor]):
+    if not isinstance(model, nn.Module):
+        raise ContractError(f"expected an nn.Module, got {type(model).__name__} (subclass nn.Module and call "
+                            "super().__init__() first)")
+    params = dict(model.named_parameters(remove_duplicate=False))
+    missing = [k for k in state if k not in params]
+    if missing:
+        have = ", ".join(list(params)[:6]) + (", ..." if len(params) > 6 else "") or "none"
+        raise ContractError(f"your model has no parameter named {missing[0]!r} ({len(missing)} of the "
+                            f"{len(state)} expected names are missing; yours start: {have}); use the names of "
+                            "the docstring (embed, blocks, ln_f, lm_head)")
+    for k, v in state.items():
+        if tuple(params[k].shape) != tuple(v.shape):
+            raise ContractError(f"parameter {k!r} has shape {tuple(params[k].shape)}, expected {tuple(v.shape)}")
+    with torch.no_grad():
+        for k, v in state.items():
+            params[k].copy_(v)
+    return model
+
+
+class GraderGPT(nn.Module):
+    """A container with the documented names, built from the earlier chapters' modules."""
+
+    def __init__(self, config):
+        from solutions.ch03_embeddings import TokenAndPositionEmbedding
+        from solutions.ch05_block import Block, LayerNorm
+
+        super().__init__()
+        self.config = config
+        self.embed = TokenAndPositionEmbedding(config.vocab_size, config.block_size, config.n_embd)
+        self.blocks = nn.ModuleList([Block(config.n_embd, config.n_head, config.eps) for _ in range(config.n_layer)])
+        self.ln_f = LayerNorm(config.n_embd, config.eps)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.embed.tok.weight
+
+    def forward(self, idx):
+        x = self.embed(idx)
+        for block in self.blocks:
+            x = block(x)
+        return self.lm_head(self.ln_f(x))
+
+
+def grader_gpt(spec: str) -> GraderGPT:
+    model = GraderGPT(_config(spec))
+    return load_ours(model, hf_to_ours(hf_model(spec))).eval()
+
+
+class GraderCache:
+    """Behaves like the chapter's KVCache: ``length`` and ``update(k, v)``."""
+
+    def __init__(self):
+        self.k = self.v = None
+        self.length = 0
+
+    def update(self, k, v):
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        self.length = self.k.shape[2]
+        return self.k, self.v
+
+
+def _prompt(seed: int, B: int, T: int, V: int) -> torch.Tensor:
+    return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def _chunks(sizes) -> list[tuple[int, int]]:
+    out, start = [], 0
+    for n in sizes:
+        out.append((start, start + n))
+        start += n
+    return out
+
+
+def _tensors(atol, rtol):
+    return lambda e, g: compare_tensors(e, g, atol=atol, rtol=rtol)
+
+
+def _hf_logits(spec, idx):
+    with torch.no_grad():
+        return hf_model(spec)(idx).logits
+
+
+def _import_hf():
+    import transformers.generation.logits_process  # noqa: F401  (imported here, not inside a timed case)
+    import transformers.models.gpt2.modeling_gpt2  # noqa: F401
+
+
+# ----------------------------------------------------------------------------------------
+# GPT
+# ----------------------------------------------------------------------------------------
+def _gpt_run(cls, spec, idx):
+    model = cls(_config(spec))
+    load_ours(model, hf_to_ours(hf_model(spec)))
+    model.eval()
+    with torch.no_grad():
+        return model(idx)
+
+
+def _gpt_tied_run(cls, spec):
+    model = cls(_config(spec))
+    if not isinstance(model, nn.Module):
+        raise ContractError(f"expected an nn.Module, got {type(model).__name__}")
+    return model.lm_head.weight is model.embed.tok.weight
+
+
+def _gpt_cases(hidden: bool):
+    _import_hf()
+    specs = [("vocab 120, 2 layers, width 32, 4 heads; 2 sequences of 7 tokens", "A", _prompt(0, 2, 7, 120)),
+             ("vocab 256, 3 layers, width 64; one sequence of 64 tokens (the full context)", "B", _prompt(1, 1, 64, 256)),
+             ("vocab 100, 4 layers, width 48, 2 heads; one token", "C", _prompt(2, 3, 1, 100))]
+    if hidden:
+        specs += [("vocab 300, 2 layers, width 40, 5 heads; 4 sequences of 20 tokens", "D", _prompt(3, 4, 20, 300))]
+    for name, spec, idx in specs:
+        yield case(name, (spec, idx), run=_gpt_run, expected=lambda s=spec, i=idx: _hf_logits(s, i),
+                   compare=_tensors(2e-4, 1e-4))
+    yield case("lm_head.weight is embed.tok.weight (tied, one shared Parameter)", ("A",), run=_gpt_tied_run,
+               expected=lambda: True)
+
+
+class _GPTMistake(GraderGPT):
+    def __init__(self, config, kind=""):
+        super().__init__(config)
+        self.kind = kind
+        if kind == "untied":
+            self.lm_head.weight = nn.Parameter(self.embed.tok.weight.detach().clone())
+
+    def forward(self, idx):
+        x = self.embed.tok(idx) if self.kind == "no-positions" else self.embed(idx)
+        for block in self.blocks:
+            x = block(x)
+        if self.kind != "no-final-ln":
+            x = self.ln_f(x)
+        logits = self.lm_head(x)
+        return torch.softmax(logits, -1) if self.kind == "probabilities" else logits
+
+
+def _gpt_mistake(kind):
+    return lambda config: _GPTMistake(config, kind)
+
+
+register(Exercise(
+    id="ch06.gpt", chapter=CH, title="The GPT model", points=2, name="GPT",
+    signature="GPT(config); forward(idx: Tensor[B, T] int64) -> logits Tensor[B, T, vocab]; "
+              "modules embed (tok, pos), blocks, ln_f, lm_head (tied)",
+    reference="transformers GPT2LMHeadModel logits (tiny config, eager attention, the same weights)",
+    solution=f"{SOL}:GPT", cases=_gpt_cases, difficulty="**",
+    # One path per object: the check also catches the same class imported under another name.
+    forbidden=["transformers.models.gpt2.modeling_gpt2:GPT2LMHeadModel", "transformers.models.gpt2.modeling_gpt2:GPT2Model"],
+    mistakes=[
+        Mistake("no-positions", "the position embedding is missing: the input is embed.tok(idx) + embed.pos(positions) "
+                "(chapter 3's TokenAndPositionEmbedding does both)", _gpt_mistake("no-positions")),
+        Mistake("no-final-layernorm", "the final LayerNorm is missing: logits = lm_head(ln_f(x)) after the last block",
+                _gpt_mistake("no-final-ln")),
+        Mistake("probabilities", "you return probabilities (softmax); forward returns the raw logits",
+                _gpt_mistake("probabilities")),
+        Mistake("untied", "lm_head has its own weight: tie it with self.lm_head.weight = self.embed.tok.weight, so "
+                "one (V, d) Parameter serves as input and output embedding (as in GPT-2)", _gpt_mistake("untied")),
+    ]))
+
+
+# ----------------------------------------------------------------------------------------
+# convert_gpt2_state_dict
+# ----------------------------------------------------------------------------------------
+def _convert_cases(hidden: bool):
+    _import_hf()
+    specs = [("2 layers, width 32", "A"), ("3 layers, width 64", "B")]
+    if hidden:
+        specs += [("4 layers, width 48", "C")]
+    for name, spec in specs:
+        sd = {k: v.detach().clone() for k, v in hf_model(spec).state_dict().items()}
+        yield case(f"GPT2LMHeadModel state dict, {name}", (sd,), expected=lambda s=spec: hf_model(s),
+                   compare=_compare_converted)
+
+
+def _compare_converted(expected, got):
+    if not isinstance(got, dict):
+        return f"expected a dict from names to tensors, got {type(got).__name__}"
+    if isinstance(expected, dict):  # diagnosing: the output of a typical mistake
+        if set(expected) != set(got):
+            return "different names"
+        for k in expected:
+            if compare_tensors(expected[k], got[k], atol=0, rtol=0):
+                return f"{k} differs"
+        return None
+    hf = expected
+    n_layer = len(hf.transformer.h)
+    want = our_names(n_layer)
+    missing = [k for k in want if k not in got]
+    if missing:
+        sample = ", ".join(repr(k) for k in list(got)[:3])
+        return (f"{len(missing)} of the {len(want)} names are missing, e.g. {missing[0]!r} (your names start "
+                f"with {sample})")
+    extra = [k for k in got if k not in want]
+    if extra:
+        return f"{len(extra)} unexpected names, e.g. {extra[0]!r}"
+    for k in want:
+        if not isinstance(got[k], torch.Tensor):
+            return f"{k}: expected a tensor, got {type(got[k]).__name__}"
+    g = torch.Generator().manual_seed(0)
+    for i, h in enumerate(hf.transformer.h):
+        for ours, conv in (("attn.qkv", h.attn.c_attn), ("attn.proj", h.attn.c_proj), ("mlp.fc", h.mlp.c_fc),
+                           ("mlp.proj", h.mlp.c_proj)):
+            w, b = got[f"blocks.{i}.{ours}.weight"], got[f"blocks.{i}.{ours}.bias"]
+            d_in, d_out = conv.weight.shape  # Conv1D: [in, out]
+            if tuple(w.shape) != (d_out, d_in):
+                return (f"blocks.{i}.{ours}.weight has shape {tuple(w.shape)}; an nn.Linear({d_in}, {d_out}) weight is "
+                        f"[out, in] = {(d_out, d_in)}")
+            x = torch.randn(3, d_in, generator=g)
+            with torch.no_grad():
+                problem = compare_tensors(conv(x), F.linear(x, w.to(x.dtype), b.to(x.dtype)), atol=1e-5, rtol=1e-5)
+            if problem:
+                return f"nn.Linear with your blocks.{i}.{ours} weights does not compute what GPT-2's Conv1D does: {problem}"
+        for ln in ("ln_1", "ln_2"):
+            for p in ("weight", "bias"):
+                problem = compare_tensors(getattr(getattr(h, ln), p), got[f"blocks.{i}.{ln}.{p}"], atol=0, rtol=0)
+                if problem:
+                    return f"blocks.{i}.{ln}.{p}: {problem}"
+    t = hf.transformer
+    for k, ref in (("embed.tok.weight", t.wte.weight), ("embed.pos.weight", t.wpe.weight), ("ln_f.weight", t.ln_f.weight),
+                   ("ln_f.bias", t.ln_f.bias), ("lm_head.weight", hf.lm_head.weight)):
+        problem = compare_tensors(ref, got[k], atol=0, rtol=0)
+        if problem:
+            return f"{k}: {problem}"
+    return None
+
+
+def _convert_mistake(kind):
+    def produce(sd):
+        out = {}
+        for name, t in sd.items():
+            if kind == "no-lm-head" and name == "lm_head.weight":
+                continue
+            new = name
+            pairs = [("transformer.wte.", "embed.tok."), ("transformer.wpe.", "embed.pos."), ("transformer.ln_f.", "ln_f."),
+                     ("attn.c_attn.", "attn.qkv."), ("attn.c_proj.", "attn.proj."), ("mlp.c_fc.", "mlp.fc."),
+                     ("mlp.c_proj.", "mlp.proj.")]
+            pairs.append(("transformer.h.", "h." if kind == "h-kept" else "blocks."))
+            for a, b in pairs:
+                new = new.replace(a, b)
+            conv = name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))
+            if kind == "transposed-all":
+                t = t.T if t.dim() == 2 else t
+            elif conv and kind != "not-transposed":
+                t = t.T
+            out[new] = t.contiguous()
+        return out
+    return produce
+
+
+register(Exercise(
+    id="ch06.convert_gpt2", chapter=CH, title="Load GPT-2's weights: names and transposes", points=1,
+    name="convert_gpt2_state_dict",
+    signature="convert_gpt2_state_dict(hf_state_dict: dict[str, Tensor]) -> dict[str, Tensor]",
+    reference="the Hugging Face modules themselves: each converted nn.Linear must compute what GPT-2's Conv1D computes",
+    solution=f"{SOL}:convert_gpt2_state_dict", cases=_convert_cases, difficulty="*",
+    mistakes=[
+        Mistake("not-transposed", "GPT-2's Conv1D weights (c_attn, c_proj, c_fc) are stored [in, out]; nn.Linear wants "
+                "[out, in]: transpose them (c_proj's square matrix would load silently, and be wrong)",
+                _convert_mistake("not-transposed")),
+        Mistake("transposed-all", "you transposed every matrix, the embeddings and lm_head too; only the four Conv1D "
+                "weights per block are stored transposed", _convert_mistake("transposed-all")),
+        Mistake("no-lm-head", "lm_head.weight is missing: it is tied to the token embedding, but it still has its "
+                "own name in the state dict (copy it too)", _convert_mistake("no-lm-head")),
+        Mistake("h-kept", "the blocks are still called 'h.<i>': rename transformer.h.<i> to blocks.<i>",
+                _convert_mistake("h-kept")),
+    ]))
+
+
+# ----------------------------------------------------------------------------------------
+# count_parameters
+# ----------------------------------------------------------------------------------------
+COUNT_MODELS = {
+    "gpt2-tied": ("gpt2", {}),
+    "gpt2-untied": ("gpt2", {"tie_word_embeddings": False}),
+    "llama": ("llama", {}),
+}
+
+
+def _count_model(kind: str, frozen: bool):
+    from transformers import GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    family, extra = COUNT_MODELS[kind]
+    with torch.random.fork_rng():
+        if family == "gpt2":
+            model = GPT2LMHeadModel(_hf_config(150, 24, 16, 2, 2, **extra))
+        else:
+            model = LlamaForCausalLM(LlamaConfig(vocab_size=90, hidden_size=16, intermediate_size=40, num_hidden_layers=2,
+                                                 num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
+                                                 bos_token_id=0, eos_token_id=0, pad_token_id=0))
+    if frozen:  # e.g. fine-tuning with the embeddings and the first block frozen
+        for name, p in model.named_parameters():
+            if "wte" in name or "wpe" in name or ".0." in name or "embed_tokens" in name:
+                p.requires_grad_(False)
+    return model
+
+
+def _count_run(fn, kind, frozen, only_trainable, exclude_embeddings):
+    return fn(_count_model(kind, frozen), only_trainable=only_trainable, exclude_embeddings=exclude_embeddings)
+
+
+def _count_expected(kind, frozen, only_trainable, exclude_embeddings):
+    return _count_model(kind, frozen).num_parameters(only_trainable=only_trainable, exclude_embeddings=exclude_embeddings)
+
+
+def _count_cases(hidden: bool):
+    _import_hf()
+    import transformers.models.llama.modeling_llama  # noqa: F401
+
+    specs = [("tiny GPT-2 (tied lm_head)", "gpt2-tied", False, False, False),
+             ("tiny GPT-2, untied lm_head", "gpt2-untied", False, False, False),
+             ("tiny GPT-2, untied lm_head, exclude_embeddings=True", "gpt2-untied", False, False, True),
+             ("tiny GPT-2, embeddings and block 0 frozen, only_trainable=True", "gpt2-tied", True, True, False),
+             ("tiny Llama (RMSNorm, SwiGLU, no position table)", "llama", False, False, False)]
+    if hidden:
+        specs += [("tied GPT-2, exclude_embeddings=True", "gpt2-tied", False, False, True),
+                  ("frozen GPT-2, only_trainable=False", "gpt2-tied", True, False, False),
+                  ("tiny Llama, frozen, only_trainable and exclude_embeddings", "llama", True, True, True)]
+    for name, kind, frozen, trainable, exclude in specs:
+        yield case(name, (kind, frozen, trainable, exclude), run=_count_run,
+                   expected=lambda a=(kind, frozen, trainable, exclude): _count_expected(*a), compare=compare_equal)
+
+
+def _count_mistake(kind):
+    def produce(model, only_trainable=False, exclude_embeddings=False):
+        if kind == "state-dict":
+            return sum(v.numel() for v in model.state_dict().values())
+        emb = [m.weight for m in model.modules() if isinstance(m, nn.Embedding)]
+        if kind == "token-only":
+            emb = emb[:1]
+        if kind == "lm-head-too" and exclude_embeddings:
+            emb = emb + [model.get_output_embeddings().weight]
+        total = 0
+        for p in model.parameters():
+            if exclude_embeddings and any(p is e for e in emb):
+                continue
+            if only_trainable and not p.requires_grad and kind != "ignores-trainable":
+                continue
+            total += p.numel()
+        return total
+    return produce
+
+
+register(Exercise(
+    id="ch06.count_parameters", chapter=CH, title="Count the parameters", points=1, name="count_parameters",
+    signature="count_parameters(model: nn.Module, only_trainable=False, exclude_embeddings=False) -> int",
+    reference="transformers PreTrainedModel.num_parameters(only_trainable, exclude_embeddings)",
+    solution=f"{SOL}:count_parameters", cases=_count_cases, difficulty="*",
+    forbidden=["transformers.modeling_utils:ModuleUtilsMixin.num_parameters"],
+    mistakes=[
+        Mistake("state-dict", "you counted the state dict, which lists a tied weight twice (lm_head.weight and the token "
+                "embedding are ONE parameter); model.parameters() yields each parameter once", _count_mistake("state-dict")),
+        Mistake("ignores-trainable", "only_trainable=True must skip parameters with requires_grad=False",
+                _count_mistake("ignores-trainable")),
+        Mistake("token-embedding-only", "exclude_embeddings must leave out EVERY nn.Embedding (the position table too)",
+                _count_mistake("token-only")),
+        Mistake("lm-head-excluded", "an untied lm_head is an nn.Linear, not an embedding: exclude_embeddings keeps it",
+                _count_mistake("lm-head-too")),
+    ]))
+
+
+# ----------------------------------------------------------------------------------------
+# top_k_filter, top_p_filter, process_logits
+# ----------------------------------------------------------------------------------------
+def _logits(seed, B, V, scale=2.0):
+    return torch.randn(B, V, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+def _hf_top_k(logits, k):
+    from transformers.generation.logits_process import TopKLogitsWarper
+
+    return TopKLogitsWarper(top_k=k)(None, logits.clone())
+
+
+def _hf_top_p(logits, p):
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    return TopPLogitsWarper(top_p=p)(None, logits.clone())
+
+
+def _exact(e, g):
+    return compare_tensors(e, g, atol=1e-6, rtol=1e-6)
+
+
+def _top_k_cases(hidden: bool):
+    _import_hf()
+    specs = [("B=2, V=10, k=3", _logits(0, 2, 10), 3),
+             ("k=1 (greedy)", _logits(1, 3, 8), 1),
+             ("k = V keeps everything", _logits(2, 1, 6), 6),
+             ("k > V keeps everything", _logits(3, 2, 5), 50),
+             ("ties at the k-th value are kept: [3, 2, 2, 1, 0], k=2", torch.tensor([[3.0, 2.0, 2.0, 1.0, 0.0]]), 2)]
+    if hidden:
+        specs += [("B=4, V=300, k=40", _logits(4, 4, 300, 3.0), 40),
+                  ("already filtered (-inf) entries, k=2", torch.tensor([[1.0, float("-inf"), 0.5, 2.0]]), 2)]
+    for name, logits, k in specs:
+        yield case(name, (logits, k), expected=lambda l=logits, k=k: _hf_top_k(l, k), compare=_exact)
+
+
+def _top_k_mistake(kind):
+    def produce(logits, k):
+        k = min(k, logits.shape[-1])
+        if kind == "sorted":
+            vals = torch.sort(logits, dim=-1, descending=True).values
+            return vals.masked_fill(torch.arange(logits.shape[-1]) >= k, float("-inf"))
+        if kind == "zeros":
+            kth = torch.topk(logits, k).values[..., -1:]
+            return logits.masked_fill(logits < kth, 0.0)
+        if kind == "smallest":
+            kth = torch.topk(logits, k, largest=False).values[..., -1:]
+            return logits.masked_fill(logits > kth, float("-inf"))
+        idx = torch.topk(logits, k).indices  # "drops-ties": exactly k survivors
+        return torch.full_like(logits, float("-inf")).scatter(-1, idx, logits.gather(-1, idx))
+    return produce
+
+
+register(Exercise(
+    id="ch06.top_k", chapter=CH, title="Top-k filtering", points=1, name="top_k_filter",
+    signature="top_k_filter(logits: Tensor[B, V], k: int) -> Tensor[B, V] (-inf outside the top k)",
+    reference="transformers TopKLogitsWarper (generation.logits_process)",
+    solution=f"{SOL}:top_k_filter", cases=_top_k_cases, difficulty="*",
+    forbidden=["transformers.generation.logits_process:TopKLogitsWarper"],
+    mistakes=[
+        Mistake("drops-ties", "you kept exactly k tokens (by index); a token whose logit EQUALS the k-th largest is "
+                "kept too (compare with the k-th value: logits < kth -> -inf)", _top_k_mistake("drops-ties")),
+        Mistake("sorted-output", "you returned the logits sorted; keep every logit at its vocabulary position and only "
+                "replace the filtered ones by -inf", _top_k_mistake("sorted")),
+        Mistake("zeros-not-inf", "filtered logits must be -inf (probability exactly 0 after softmax), not 0",
+                _top_k_mistake("zeros")),
+        Mistake("smallest-k", "you kept the k SMALLEST logits; keep the largest", _top_k_mistake("smallest")),
+    ]))
+
+
+def _top_p_cases(hidden: bool):
+    _import_hf()
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    handmade = torch.log(probs)
+    specs = [("probabilities [0.5, 0.3, 0.15, 0.05], p=0.6 keeps 2", handmade, 0.6),
+             ("the same, p=0.85 keeps 3", handmade, 0.85),
+             ("the same, p=0.1 still keeps the top token", handmade, 0.1),
+             ("B=3, V=12 random logits, p=0.9", _logits(10, 3, 12), 0.9),
+             ("unsorted vocabulary order, p=0.7", torch.log(torch.tensor([[0.05, 0.4, 0.1, 0.35, 0.1]])).flip(-1), 0.7)]
+    if hidden:
+        specs += [("B=2, V=200 random logits, p=0.95", _logits(11, 2, 200, 3.0), 0.95),
+                  ("some entries already -inf, p=0.5", torch.tensor([[2.0, float("-inf"), 1.0, 0.1, float("-inf")]]), 0.5)]
+    for name, logits, p in specs:
+        yield case(name, (logits, p), expected=lambda l=logits, p=p: _hf_top_p(l, p), compare=_exact)
+
+
+def _top_p_mistake(kind):
+    def produce(logits, p):
+        probs = torch.softmax(logits, -1)
+        if kind == "no-sort":
+            drop = torch.cumsum(probs, -1) - probs >= p
+            drop[..., 0] = False
+            return logits.masked_fill(drop, float("-inf"))
+        sorted_probs, order = torch.sort(probs, -1, descending=True)
+        cum = torch.cumsum(sorted_probs, -1)
+        drop_sorted = cum > p if kind == "crossing-dropped" else cum - sorted_probs >= p
+        drop_sorted[..., 0] = False
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        if kind == "probabilities":
+            return probs.masked_fill(drop, 0.0)
+        return logits.masked_fill(drop, 0.0 if kind == "zeros" else float("-inf"))
+    return produce
+
+
+register(Exercise(
+    id="ch06.top_p", chapter=CH, title="Top-p (nucleus) filtering", points=1, name="top_p_filter",
+    signature="top_p_filter(logits: Tensor[B, V], p: float) -> Tensor[B, V] (-inf outside the nucleus)",
+    reference="transformers TopPLogitsWarper (generation.logits_process); no case has a tie at the nucleus boundary",
+    solution=f"{SOL}:top_p_filter", cases=_top_p_cases, difficulty="**",
+    forbidden=["transformers.generation.logits_process:TopPLogitsWarper"],
+    mistakes=[
+        Mistake("crossing-token-dropped", "you dropped the token that makes the mass reach p; the nucleus is the "
+                "SMALLEST set whose mass is >= p, so it includes that token (drop a token only when the tokens BEFORE it "
+                "already reach p)", _top_p_mistake("crossing-dropped")),
+        Mistake("not-sorted", "you accumulated probabilities in vocabulary order; sort them in decreasing order first, "
+                "then map the decision back to the vocabulary positions", _top_p_mistake("no-sort")),
+        Mistake("probabilities-returned", "you returned (filtered) probabilities; return the logits with -inf at "
+                "the filtered tokens", _top_p_mistake("probabilities")),
+        Mistake("zeros-not-inf", "filtered logits must be -inf, not 0", _top_p_mistake("zeros")),
+    ]))
+
+
+def _hf_process(logits, temperature, top_k, top_p):
+    from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper,
+                                                        TopKLogitsWarper, TopPLogitsWarper)
+
+    # The order in which generate() applies them.
+    chain = LogitsProcessorList([TemperatureLogitsWarper(float(temperature))])
+    if top_k is not None:
+        chain.append(TopKLogitsWarper(top_k=top_k))
+    if top_p is not None and top_p < 1.0:
+        chain.append(TopPLogitsWarper(top_p=top_p))
+    return chain(None, logits.clone())
+
+
+def _process_cases(hidden: bool):
+    _import_hf()
+    specs = [("temperature 0.5 only", _logits(20, 2, 10), 0.5, None, None),
+             ("temperature 0.7, top-p 0.9", _logits(21, 2, 30), 0.7, None, 0.9),
+             ("temperature 1.5, top-k 5", _logits(22, 3, 20), 1.5, 5, None),
+             ("temperature 2.0, top-k 8, top-p 0.6", _logits(23, 2, 40), 2.0, 8, 0.6),
+             ("temperature 0.4, top-p 0.8: the temperature changes the nucleus", _logits(24, 1, 16, 1.0), 0.4, None, 0.8)]
+    if hidden:
+        specs += [("temperature 1.0, top-k 50, top-p 0.95, V=300", _logits(25, 4, 300, 3.0), 1.0, 50, 0.95),
+                  ("temperature 3.0, top-k 3, top-p 0.5", _logits(26, 2, 12), 3.0, 3, 0.5)]
+    for name, logits, t, k, p in specs:
+        yield case(name, (logits,), {"temperature": t, "top_k": k, "top_p": p},
+                   expected=lambda l=logits, t=t, k=k, p=p: _hf_process(l, t, k, p), compare=_exact)
+
+
+def _process_mistake(kind):
+    def produce(logits, temperature=1.0, top_k=None, top_p=None):
+        def k_(x):
+            return x if top_k is None else _hf_top_k(x, top_k)
+
+        def p_(x):
+            return x if top_p is None or top_p >= 1.0 else _hf_top_p(x, top_p)
+
+        if kind == "temperature-last":
+            return p_(k_(logits)) / temperature
+        if kind == "multiplied":
+            return p_(k_(logits * temperature))
+        if kind == "p-before-k":
+            return k_(p_(logits / temperature))
+        return p_(k_(logits))  # "no-temperature"
+    return produce
+
+
+register(Exercise(
+    id="ch06.process_logits", chapter=CH, title="Temperature, then top-k, then top-p", points=1, name="process_logits",
+    signature="process_logits(logits: Tensor[B, V], temperature=1.0, top_k=None, top_p=None) -> Tensor[B, V]",
+    reference="transformers TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper chained in generate()'s order",
+    solution=f"{SOL}:process_logits", cases=_process_cases, difficulty="*",
+    forbidden=["transformers.generation.logits_process:TemperatureLogitsWarper",
+               "transformers.generation.logits_process:TopKLogitsWarper",
+               "transformers.generation.logits_process:TopPLogitsWarper",
+               "transformers.generation.logits_process:LogitsProcessorList"],
+    mistakes=[
+        Mistake("temperature-last", "you filtered first and divided by the temperature last; the temperature reshapes "
+                "the distribution BEFORE top-p measures its mass", _process_mistake("temperature-last")),
+        Mistake("multiplied", "you multiplied by the temperature; divide the logits by it", _process_mistake("multiplied")),
+        Mistake("top-p-before-top-k", "you applied top-p before top-k; generate() applies temperature, then top-k, "
+                "then top-p (on what top-k kept)", _process_mistake("p-before-k")),
+        Mistake("no-temperature", "the temperature is not applied: divide the logits by it first",
+                _process_mistake("no-temperature")),
+    ]))
+
+
+# ----------------------------------------------------------------------------------------
+# cached_attention
+# ----------------------------------------------------------------------------------------
+def _attn_state(seed, d):
+    g = torch.Generator().manual_seed(seed)
+    return {"qkv.weight": 2.0 * torch.randn(3 * d, d, generator=g, dtype=torch.float64) / math.sqrt(d),
+            "qkv.bias": 0.2 * torch.randn(3 * d, generator=g, dtype=torch.float64),
+            "proj.weight": torch.randn(d, d, generator=g, dtype=torch.float64) / math.sqrt(d),
+            "proj.bias": 0.2 * torch.randn(d, generator=g, dtype=torch.float64)}
+
+
+def _attn_module(state, d, n_heads):
+    from solutions.ch04_attention import MultiHeadAttention
+
+    attn = MultiHeadAttention(d, n_heads).to(torch.float64).eval()
+    with torch.no_grad():
+        for k, v in state.items():
+            attn.get_parameter(k).copy_(v)
+    return attn
+
+
+def _hf_attention(state, x, n_heads):
+    from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
+
+    d = x.shape[-1]
+    from transformers import GPT2Config
+
+    config = GPT2Config(n_embd=d, n_head=n_heads, n_layer=1, vocab_size=8, bos_token_id=0, eos_token_id=0,
+                        attn_pdrop=0.0, resid_pdrop=0.0, attn_implementation="eager")
+    ref = GPT2Attention(config, layer_idx=0).to(torch.float64).eval()
+    with torch.no_grad():
+        ref.c_attn.weight.copy_(state["qkv.weight"].T)
+        ref.c_attn.bias.copy_(state["qkv.bias"])
+        ref.c_proj.weight.copy_(state["proj.weight"].T)
+        ref.c_proj.bias.copy_(state["proj.bias"])
+        T = x.shape[1]
+        mask = torch.zeros(T, T, dtype=x.dtype).masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1),
+                                                          torch.finfo(x.dtype).min)
+        return ref(x, attention_mask=mask[None, None])[0]
+
+
+def _cached_attention_run(fn, state, n_heads, x, sizes):
+    attn = _attn_module(state, x.shape[-1], n_heads)
+    cache = GraderCache()
+    outs = []
+    for a, b in _chunks(sizes):
+        y = fn(attn, x[:, a:b], cache)
+        if not isinstance(y, torch.Tensor) or tuple(y.shape) != (x.shape[0], b - a, x.shape[2]):
+            shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            raise ContractError(f"for {b - a} new positions after {a} cached ones, expected a tensor of shape "
+                                f"{(x.shape[0], b - a, x.shape[2])}, got {shape}")
+        outs.append(y)
+    return torch.cat(outs, dim=1)
+
+
+def _cached_attention_cases(hidden: bool):
+    _import_hf()
+    specs = [("prefill 5 positions, then 3 steps of one (d=16, 2 heads)", 16, 2, (2, 8), [5, 1, 1, 1]),
+             ("one position at a time from an empty cache (d=8, 1 head)", 8, 1, (1, 6), [1, 1, 1, 1, 1, 1]),
+             ("prefill 3, then a chunk of 4 new positions at once (d=24, 3 heads)", 24, 3, (2, 7), [3, 4]),
+             ("everything in one call: plain causal attention (d=16, 4 heads)", 16, 4, (3, 5), [5])]
+    if hidden:
+        specs += [("prefill 10, chunks of 2, 1, 3 (d=32, 4 heads)", 32, 4, (2, 16), [10, 2, 1, 3])]
+    for i, (name, d, h, (B, T), sizes) in enumerate(specs):
+        state = _attn_state(600 + i, d)
+        x = torch.randn(B, T, d, generator=torch.Generator().manual_seed(700 + i), dtype=torch.float64)
+        yield case(name, (state, h, x, sizes), run=_cached_attention_run,
+                   expected=lambda s=state, x=x, h=h: _hf_attention(s, x, h), compare=_tensors(1e-9, 1e-8))
+
+
+def _cached_attention_mistake(kind):
+    def produce(attn, x, cache):
+        B, T, d = x.shape
+        H = attn.n_heads
+        q, k, v = (t.view(B, T, H, d // H).transpose(1, 2) for t in attn.qkv(x).split(d, -1))
+        if kind != "cache-unused":
+            k, v = cache.update(k, v)
+        else:
+            cache.update(k, v)
+        scale = math.sqrt(d if kind == "scale-d" else d // H)
+        scores = q @ k.transpose(-2, -1) / scale
+        Tk = k.shape[2]
+        if kind == "top-left":
+            allowed = torch.ones(T, Tk, dtype=torch.bool).tril()
+        elif kind == "no-mask":
+            allowed = torch.ones(T, Tk, dtype=torch.bool)
+        else:
+            allowed = torch.ones(T, Tk, dtype=torch.bool).tril(Tk - T)
+        y = torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1) @ v
+        return attn.proj(y.transpose(1, 2).reshape(B, T, d))
+    return produce
+
+
+register(Exercise(
+    id="ch06.cached_attention", chapter=CH, title="Attention with a KV cache", points=2, name="cached_attention",
+    signature="cached_attention(attn: MultiHeadAttention, x: Tensor[B, T_new, d], cache: KVCache) -> Tensor[B, T_new, d]",
+    reference="transformers GPT2Attention (eager, causal mask) run once on the whole sequence, same weights",
+    solution=f"{SOL}:cached_attention", cases=_cached_attention_cases, difficulty="**",
+    forbidden=["torch.nn.functional:scaled_dot_product_attention"],
+    mistakes=[
+        Mistake("top-left-mask", "your causal mask is aligned top-left (tril with diagonal 0, or SDPA's is_causal=True): "
+                "with past cached positions, new query i sits at position past + i and may see keys 0 .. past + i "
+                "(tril(diagonal=past), i.e. aligned bottom-right)", _cached_attention_mistake("top-left")),
+        Mistake("no-mask", "there is no causal mask: fine for one new token, wrong when several new positions arrive "
+                "at once (the prefill): each may not see the ones after it", _cached_attention_mistake("no-mask")),
+        Mistake("cache-unused", "the new queries attend only to the new keys: attend to everything cache.update "
+                "returns (the past and the new positions)", _cached_attention_mistake("cache-unused")),
+        Mistake("scale-d", "you scaled the scores by 1/sqrt(d_model); scale by 1/sqrt(d_head), per head",
+                _cached_attention_mistake("scale-d")),
+    ]))
+
+
+# ----------------------------------------------------------------------------------------
+# forward_with_cache
+# ----------------------------------------------------------------------------------------
+def _ref_cached_attention(attn, x, cache):
+    return _cached_attention_mistake("")(attn, x, cache)
+
+
+def _forward_run(fn, spec, idx, sizes):
+    model = grader_gpt(spec)
+    caches = [GraderCache() for _ in model.blocks]
+    outs = []
+    with torch.no_grad():
+        for a, b in _chunks(sizes):
+            y = fn(model, idx[:, a:b], caches)
+            if not isinstance(y, torch.Tensor) or tuple(y.shape) != (idx.shape[0], b - a, model.config.vocab_size):
+                shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+                raise ContractError(f"for {b - a} new tokens, expected logits of shape "
+                                    f"{(idx.shape[0], b - a, model.config.vocab_size)}, got {shape}")
+            outs.append(y)
+    return torch.cat(outs, dim=1)
+
+
+def _forward_cases(hidden: bool):
+    _import_hf()
+    specs = [("prompt of 6, then 4 tokens one by one (2 layers)", "A", _prompt(30, 2, 10, 120), [6, 1, 1, 1, 1]),
+             ("prompt of 1, then chunks of 3 and 5 (3 layers)", "B", _prompt(31, 1, 9, 256), [1, 3, 5]),
+             ("the whole context: prompt 30, then 10 steps (4 layers)", "C", _prompt(32, 2, 40, 100), [30] + [1] * 10)]
+    if hidden:
+        specs += [("prompt 12, then 20 steps (vocab 300)", "D", _prompt(33, 3, 32, 300), [12] + [1] * 20)]
+    for name, spec, idx, sizes in specs:
+        yield case(name, (spec, idx, sizes), run=_forward_run,
+                   expected=lambda s=spec, i=idx: _hf_logits(s, i), compare=_tensors(2e-4, 1e-4))
+
+
+def _forward_mistake(kind):
+    def produce(model, idx, caches):
+        past = 0 if kind == "positions-from-zero" else caches[0].length
+        x = model.embed.tok(idx) + model.embed.pos(torch.arange(past, past + idx.shape[1]))
+        for i, block in enumerate(model.blocks):
+            cache = caches[0] if kind == "shared-cache" else caches[i]
+            x = x + _ref_cached_attention(block.attn, block.ln_1(x), cache)
+            x = x + block.mlp(block.ln_2(x))
+        return model.lm_head(x if kind == "no-final-ln" else model.ln_f(x))
+    return produce
+
+
+register(Exercise(
+    id="ch06.forward_with_cache", chapter=CH, title="The GPT forward pass with a cache", points=1,
+    name="forward_with_cache",
+    signature="forward_with_cache(model: GPT, idx: Tensor[B, T_new], caches: list[KVCache]) -> Tensor[B, T_new, vocab]",
+    reference="transformers GPT2LMHeadModel logits on the whole sequence (same weights)",
+    solution=f"{SOL}:forward_with_cache", cases=_forward_cases, difficulty="**",
+    mistakes=[
+        Mistake("positions-from-zero", "the new tokens got positions 0, 1, ... again; they sit at positions "
+                "past .. past + T_new - 1 with past = caches[0].length (read it BEFORE the blocks update the caches)",
+                _forward_mistake("positions-from-zero")),
+        Mistake("shared-cache", "every block used the same cache; each block has its own keys and values "
+                "(zip(model.blocks, caches))", _forward_mistake("shared-cache")),
+        Mistake("no-final-layernorm", "the final LayerNorm is missing: logits = lm_head(ln_f(x))",
+                _forward_mistake("no-final-ln")),
+    ]))
+
+
+# ----------------------------------------------------------------------------------------
+# generate
+# ----------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _hf_generate_cached(spec, prompt_seed, B, T, n_new):
+    hf = hf_model(spec)
+    idx = _prompt(prompt_seed, B, T, SPECS[spec][1])
+    with torch.no_grad():
+        return hf.generate(idx, do_sample=False, max_new_tokens=n_new)
+
+
+def _generate_run(fn, spec, idx, n_new, use_cache):
+    return fn(grader_gpt(spec), idx, n_new, use_cache=use_cache)
+
+
+def _sampling_consistency_run(fn, spec, idx, n_new):
+    model = grader_gpt(spec)
+    outs = []
+    for use_cache in (True, False):
+        g = torch.Generator().manual_seed(1234)
+        out = fn(model, idx, n_new, temperature=0.9, top_k=20, top_p=0.95, use_cache=use_cache, generator=g)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (idx.shape[0], idx.shape[1] + n_new):
+            raise ContractError("expected a tensor of shape (B, T + max_new_tokens) when sampling")
+        outs.append(out)
+    return bool(torch.equal(outs[0], outs[1]) and torch.equal(outs[0][:, :idx.shape[1]], idx))
+
+
+def _generate_cases(hidden: bool):
+    _import_hf()
+    specs = [("greedy with the cache, 2 prompts of 5 tokens, 12 new (2 layers)", "A", 40, 2, 5, 12, True),
+             ("greedy without the cache, same model", "A", 40, 2, 5, 12, False),
+             ("greedy with the cache, one prompt of 1 token, 16 new (3 layers)", "B", 41, 1, 1, 16, True)]
+    if hidden:
+        specs += [("greedy with the cache up to the full context: 28 + 12 tokens (4 layers)", "C", 42, 2, 28, 12, True),
+                  ("greedy without the cache, vocab 300", "D", 43, 3, 6, 10, False)]
+    for name, spec, seed, B, T, n_new, use_cache in specs:
+        idx = _prompt(seed, B, T, SPECS[spec][1])
+        yield case(name, (spec, idx, n_new, use_cache), run=_generate_run,
+                   expected=lambda a=(spec, seed, B, T, n_new): _hf_generate_cached(*a),
+                   compare=lambda e, g: compare_tensors(e, g, atol=0, rtol=0))
+    yield case("sampling (T=0.9, top-k 20, top-p 0.95) with a seeded generator: the cache changes nothing",
+               ("A", _prompt(44, 2, 4, 120), 10), run=_sampling_consistency_run, expected=lambda: True)
+
+
+def _generate_mistake(kind):
+    def produce(model, idx, max_new_tokens, temperature=0.0, top_k=None, top_p=None, use_cache=True, generator=None):
+        caches = [GraderCache() for _ in model.blocks]
+        n = max_new_tokens - 1 if kind == "one-short" else max_new_tokens
+        prompt_len = idx.shape[1]
+        new = idx[:, -1:] if kind == "prompt-not-cached" else idx
+        with torch.no_grad():
+            for _ in range(n):
+                if use_cache and kind != "first-position":
+                    logits = _forward_mistake("")(model, new, caches)[:, -1]
+                else:
+                    logits = model(idx)[:, 0 if kind == "first-position" else -1]
+                if temperature == 0:
+                    nxt = logits.argmax(-1, keepdim=True)
+                else:
+                    probs = torch.softmax(_hf_process(logits, temperature, top_k, top_p), -1)
+                    nxt = torch.multinomial(probs, 1, generator=generator)
+                idx = torch.cat([idx, nxt], 1)
+                new = nxt
+        return idx[:, prompt_len:] if kind == "new-only" else idx
+    return produce
+
+
+register(Exercise(
+    id="ch06.generate", chapter=CH, title="Generate, with and without the KV cache", points=2, name="generate",
+    signature="generate(model, idx: Tensor[B, T], max_new_tokens, temperature=0.0, top_k=None, top_p=None, "
+              "use_cache=True, generator=None) -> Tensor[B, T + max_new_tokens]",
+    reference="transformers GPT2LMHeadModel.generate(idx, do_sample=False, max_new_tokens=N), token for token",
+    solution=f"{SOL}:generate", cases=_generate_cases, difficulty="***",
+    mistakes=[
+        Mistake("first-position", "you picked the next token from the logits of the FIRST position; the prediction "
+                "for the next token is in the last one: logits[:, -1]", _generate_mistake("first-position")),
+        Mistake("prompt-dropped", "return the prompt followed by the new tokens, shape (B, T + max_new_tokens)",
+                _generate_mistake("new-only")),
+        Mistake("prompt-not-cached", "the prompt never went into the cache: start with one forward_with_cache on the "
+                "WHOLE prompt (the prefill), not only its last token", _generate_mistake("prompt-not-cached")),
+        Mistake("one-short", "you generated max_new_tokens - 1 tokens", _generate_mistake("one-short")),
+    ]))
