@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import sys
 import types
 
 from autograder.core import get
@@ -19,7 +20,9 @@ def fresh_module(module_name: str) -> types.ModuleType:
     original = importlib.import_module(module_name)
     module = types.ModuleType(f"_fresh_{module_name.replace('.', '_')}")
     module.__file__ = original.__file__
-    exec(compile(inspect.getsource(original), f"<fresh {module_name}>", "exec"), module.__dict__)
+    sys.modules[module.__name__] = module  # dataclasses look their module up by name
+    exec(compile(inspect.getsource(original), f"<fresh {module_name}>", "exec", dont_inherit=True),
+         module.__dict__)
     return module
 
 
