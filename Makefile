@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.test-tools
 
-.PHONY: venv book book-quick test test-full nbgrader clean
+.PHONY: venv book book-quick test test-tools nbgrader clean
 
 venv: $(STAMP)
 
@@ -27,8 +28,19 @@ book: $(STAMP)
 book-quick: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m coursetools book --quick
 
-test: $(STAMP)
-	HF_HUB_OFFLINE=1 COURSE_QUICK=1 $(PY) -m pytest -q tests
+# The tests also need what the trusted grader's tests use: bubblewrap for its sandbox (a
+# Debian package; without it the sandbox falls back to rlimits and a clean environment, and
+# says so), JupyterHub and configurable-http-proxy for the hub round trip.
+test: $(STAMP) $(TEST_STAMP)
+	HF_HUB_OFFLINE=1 COURSE_QUICK=1 GRADING_HUB=1 $(PY) -m pytest -q tests
+
+test-tools: $(TEST_STAMP)
+
+$(TEST_STAMP): $(STAMP) requirements-hub.txt tests/hub/package.json tests/hub/setup.sh
+	command -v bwrap >/dev/null || { apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; } \
+	  || echo "bubblewrap could not be installed: the trusted grader's tests run in basic isolation"
+	PYTHON=$(PY) bash tests/hub/setup.sh
+	touch $(TEST_STAMP)
 
 nbgrader: $(STAMP)
 	$(PY) -m coursetools nbgrader $(CHAPTERS) --course-dir course

@@ -197,6 +197,20 @@ class _Timeout:
         return False
 
 
+def _code_objects(obj) -> list:
+    """The code object that runs the body of ``obj`` when it is called. For a decorated
+    function (``@torch.no_grad()``, ``functools.wraps``) that is the innermost wrapped
+    function's: the wrapper's own code is shared by every function with that decorator,
+    so watching it would refuse the learner's own decorated functions too."""
+    for _ in range(10):
+        inner = getattr(getattr(obj, "__func__", obj), "__wrapped__", None)
+        if inner is None:
+            break
+        obj = inner
+    code = getattr(getattr(obj, "__func__", obj), "__code__", None)
+    return [code] if code is not None else []
+
+
 class _ForbiddenProxy:
     def __init__(self, path: str, original: Any, log: list):
         self._path, self._original, self._log = path, original, log
@@ -273,13 +287,11 @@ class _Forbid:
                     if value is original:
                         g[key] = proxy
                         self._undo.append(lambda g=g, k=key, v=original: g.__setitem__(k, v))
-            code = getattr(getattr(original, "__func__", original), "__code__", None)
-            if code is not None:
+            for code in _code_objects(original):
                 self._codes[id(code)] = (code, path)
             if isinstance(original, type):
                 for member in vars(original).values():
-                    c = getattr(getattr(member, "__func__", member), "__code__", None)
-                    if c is not None:
+                    for c in _code_objects(member):
                         self._codes[id(c)] = (c, path)
         if self._codes:
             self._previous_profile = sys.getprofile()

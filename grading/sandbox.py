@@ -1,0 +1,493 @@
+"""Run learner code in a separate, resource-limited process and watch it from outside.
+
+Isolation, best available first (probed once per process, logged by ``isolation()``):
+
+``bwrap``  bubblewrap, started as root: new PID, network, IPC and UTS namespaces (no
+           network at all), a private filesystem view that holds only the system and the
+           venv (read-only), the grading bundle (read-only), a fresh working directory and
+           the output directory; the learner's code runs as a dedicated unprivileged uid
+           (so the per-user process limit applies) with no capabilities.
+``basic``  no bubblewrap (or it is refused, as in many containers): a fresh working
+           directory, a minimal environment, a new network namespace when the kernel
+           allows it; files readable by the grading user stay readable. Logged.
+
+In both modes: rlimits on address space, CPU seconds, processes, file size and open
+files; a wall-clock watchdog per cell and per case, driven by the progress the child
+reports, with an absolute cap; the whole process group (and, with a dedicated uid, every
+process of that uid) is killed at the end.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+EXIT_CODES = {137: "was killed (SIGKILL): the memory limit or a crash",
+              139: "crashed (segmentation fault)", 134: "aborted (SIGABRT)",
+              152: "used up its CPU time limit", 153: "wrote a file larger than the limit"}
+
+
+@dataclasses.dataclass
+class Limits:
+    memory_mb: int = 3072  # RLIMIT_AS of the sandbox
+    cpu_s: int = 300  # RLIMIT_CPU of one sandbox process (all cells and cases of one attempt)
+    nproc: int = 48  # processes + threads of the sandbox uid
+    fsize_mb: int = 16  # largest file the sandbox may write
+    nofile: int = 256
+    out_max_mb: int = 96  # everything in the output directory
+    cell_timeout: float = 60.0  # CPU seconds per program cell
+    case_timeout: float = 10.0  # CPU seconds per case (the autograder's in-process limit is 10 s)
+    wall_factor: float = 2.0  # wall-clock limit = wall_factor * the CPU limit + 10 s
+    startup_timeout: float = 120.0  # python, torch, the autograder, building the cases
+    submission_timeout: float = 900.0  # absolute cap for one attempt
+    output_cap: int = 65536  # characters of printed output kept per cell / exercise
+
+
+# --------------------------------------------------------------------------------------
+# Isolation probe
+# --------------------------------------------------------------------------------------
+_ISOLATION: dict | None = None
+
+
+def _sandbox_uid() -> int:
+    """A uid used by nothing else on the machine, one per grading process."""
+    return 2_000_000 + (os.getpid() % 1_000_000)
+
+
+def _libc():
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _can_unshare_net() -> bool:
+    try:
+        r = subprocess.run(["unshare", "--net", "true"], capture_output=True, timeout=10)
+        return r.returncode == 0
+    except Exception:
+        return False
+
+
+def isolation(refresh: bool = False) -> dict:
+    """Which isolation works here: {"mode", "uid", "network", "notes"} (probed once)."""
+    global _ISOLATION
+    if _ISOLATION is not None and not refresh:
+        return _ISOLATION
+    notes: list[str] = []
+    forced = os.environ.get("GRADING_ISOLATION", "")
+    result = {"mode": "basic", "uid": None, "network": "on", "filesystem": "shared", "notes": notes}
+    bwrap = shutil.which("bwrap")
+    if forced == "basic":
+        notes.append("bubblewrap not used (GRADING_ISOLATION=basic)")
+    elif bwrap is None:
+        notes.append("bubblewrap (bwrap) is not installed: `apt-get install bubblewrap` gives filesystem, "
+                     "PID and network isolation")
+    else:
+        probe_dir = Path(tempfile.mkdtemp(prefix="grading-probe-"))
+        try:
+            uid = _sandbox_uid() if os.geteuid() == 0 else None
+            cmd = _bwrap_command(bwrap, probe_dir, probe_dir, probe_dir, uid) + [
+                sys.executable, "-I", "-c", "import socket, os; print(os.getuid())"]
+            os.chmod(probe_dir, 0o777)
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=_child_env())
+            if r.returncode == 0:
+                result.update(mode="bwrap", uid=uid, network="off (empty network namespace)",
+                              filesystem="private (system, venv and bundle read-only)")
+                if uid is None:
+                    notes.append("running as a non-root user: the sandbox shares this user's process count")
+            else:
+                notes.append(f"bubblewrap is installed but refused here: {r.stderr.strip()[:300]}")
+        except Exception as exc:
+            notes.append(f"bubblewrap probe failed: {exc}")
+        finally:
+            shutil.rmtree(probe_dir, ignore_errors=True)
+    if result["mode"] == "basic":
+        if _can_unshare_net():
+            result["network"] = "off (unshare --net)"
+        else:
+            notes.append("cannot create a network namespace here (unshare --net refused): the learner's code has "
+                         "network access")
+        notes.append("no filesystem isolation: the learner's code can read every file the grading user can; "
+                     "keep the course directory unreadable to others or install bubblewrap")
+        if os.geteuid() == 0:
+            notes.append("running as root without bubblewrap: the process-count limit (RLIMIT_NPROC) is not "
+                         "enforced for root")
+    _ISOLATION = result
+    return result
+
+
+def _ancestors(path: Path) -> list[str]:
+    out = []
+    for parent in reversed(Path(path).parents):
+        p = str(parent)
+        if p != "/":
+            out.append(p)
+    return out
+
+
+def _bwrap_command(bwrap: str, bundle: Path, out_dir: Path, work: Path, uid: int | None,
+                   job: Path | None = None) -> list[str]:
+    prefixes = sorted({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+                      | {sys.prefix, sys.base_prefix})
+    cmd = [bwrap, "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
+           "--die-with-parent", "--new-session", "--hostname", "sandbox"]
+    if uid is not None:
+        # The child starts as root with only these two capabilities, loads the grading code
+        # (readable by root only), then drops to ``uid`` itself before any learner code runs.
+        cmd += ["--cap-drop", "ALL"]
+        for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER"):
+            cmd += ["--cap-add", cap]
+    else:
+        cmd += ["--unshare-user"]
+    cmd += ["--ro-bind", "/usr", "/usr"]
+    for name in ("bin", "lib", "lib64", "lib32", "sbin"):
+        p = Path("/" + name)
+        if p.is_symlink():
+            cmd += ["--symlink", os.readlink(p), "/" + name]
+        elif p.is_dir():
+            cmd += ["--ro-bind", str(p), "/" + name]
+    for f in ("/etc/ld.so.cache", "/etc/localtime", "/etc/nsswitch.conf", "/etc/passwd", "/etc/group"):
+        if os.path.exists(f):
+            cmd += ["--ro-bind", f, f]
+    made = set()
+    for target in list(prefixes):
+        for anc in _ancestors(Path(target)):
+            if anc not in made and not anc.startswith("/usr"):
+                cmd += ["--perms", "0755", "--dir", anc]
+                made.add(anc)
+    for p in prefixes:
+        if not p.startswith("/usr/"):
+            cmd += ["--ro-bind", p, p]
+    cmd += ["--ro-bind", str(bundle), "/grader"]
+    cmd += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(64 << 20), "--tmpfs", "/tmp",
+            "--perms", "1777", "--size", str(16 << 20), "--tmpfs", "/dev/shm"]
+    cmd += ["--bind", str(work), "/sandbox", "--bind", str(out_dir), "/out"]
+    if job is not None:
+        cmd += ["--ro-bind", str(job), "/job.json"]
+    cmd += ["--chdir", "/sandbox", "--clearenv"]
+    for k, v in _child_env("/sandbox").items():
+        cmd += ["--setenv", k, v]
+    cmd += ["--"]
+    return cmd
+
+
+def _child_env(home: str = "/tmp") -> dict:
+    return {
+        "PATH": "/usr/bin:/bin", "HOME": home, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TMPDIR": "/tmp",
+        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+        "COURSE_QUICK": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+        "MPLBACKEND": "Agg", "MPLCONFIGDIR": "/tmp/mpl", "IPYTHONDIR": "/tmp/ipython", "PYTHONDONTWRITEBYTECODE": "1",
+    }
+
+
+# --------------------------------------------------------------------------------------
+# The bundle: the trusted code the sandbox needs, read-only
+# --------------------------------------------------------------------------------------
+_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints")
+
+
+def build_bundle(dest: Path, chapter_number: int, solutions_dirs: list[Path]) -> Path:
+    """Copy the autograder, the child runner and the earlier chapters' solutions into ``dest``."""
+    import autograder
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(Path(autograder.__file__).parent, dest / "autograder", ignore=_IGNORE, dirs_exist_ok=True)
+    shutil.copy2(HERE / "sandbox_child.py", dest / "sandbox_child.py")
+    shutil.copy2(HERE / "codec.py", dest / "_grading_codec.py")
+    lib = dest / "course_lib" / "solutions"
+    lib.mkdir(parents=True, exist_ok=True)
+    (lib / "__init__.py").write_text("")
+    for d in solutions_dirs:
+        for path in sorted(Path(d).glob("ch[0-9][0-9]_*.py")):
+            if int(path.name[2:4]) < chapter_number and not (lib / path.name).exists():
+                shutil.copy2(path, lib / path.name)
+    # The grading code is readable by its owner only: in bwrap mode the child reads it as
+    # root, then drops to the sandbox uid, so the learner's code cannot copy the autograder's
+    # references out of it. The earlier chapters' solutions stay readable (a release ships them).
+    for root, dirs, files in os.walk(dest):
+        public = Path(root).resolve().is_relative_to((dest / "course_lib").resolve())
+        os.chmod(root, 0o555 if public else 0o500)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o444 if public else 0o400)
+    os.chmod(dest, 0o555)
+    return dest
+
+
+# --------------------------------------------------------------------------------------
+# Running one attempt
+# --------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Attempt:
+    events: list
+    finished: bool  # the child reported the end
+    killed: str | None  # why the watchdog killed it
+    returncode: int | None
+    unit: tuple | None  # the unit that was running when it stopped: ("cell", i) / ("ex", id) / ("start",)
+    out_dir: Path
+    seconds: float
+    log_tail: str = ""
+    cpu_s: float = 0.0  # CPU time of the sandbox processes
+
+    def failure(self) -> str:
+        """What happened to the process, in words for the learner."""
+        if self.killed:
+            return self.killed
+        rc = self.returncode
+        if rc in EXIT_CODES:
+            return f"the process {EXIT_CODES[rc]}"
+        if rc is not None and rc < 0:
+            return f"the process was killed by signal {-rc}"
+        if rc == 0:
+            return "the process exited early (exit code 0: sys.exit, os._exit or similar)"
+        return f"the process exited early with code {rc}"
+
+
+def _user_process_count() -> int:
+    uid, n = os.getuid(), 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/status") as f:
+                    for line in f:
+                        if line.startswith("Uid:"):
+                            if int(line.split()[1]) == uid:
+                                with open(f"/proc/{entry.name}/status") as g:
+                                    threads = [x for x in g if x.startswith("Threads:")]
+                                n += int(threads[0].split()[1]) if threads else 1
+                            break
+            except (OSError, ValueError, IndexError):
+                pass
+    return n
+
+
+def _preexec(limits: Limits, drop_net: bool, shared_uid: bool = False):
+    import resource
+
+    # Without a uid of its own the sandbox shares the grading user's process count.
+    nproc = limits.nproc + (_user_process_count() if shared_uid else 0)
+
+    def fn():
+        os.setsid()
+        mem = limits.memory_mb << 20
+        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 5))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.fsize_mb << 20, limits.fsize_mb << 20))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limits.nofile, limits.nofile))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        if drop_net:
+            if _libc().unshare(0x40000000) != 0:  # CLONE_NEWNET
+                pass
+    return fn
+
+
+def _kill_uid(uid: int) -> None:
+    for _ in range(3):
+        found = False
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                if os.stat(entry.path).st_uid == uid:
+                    os.kill(int(entry.name), signal.SIGKILL)
+                    found = True
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                pass
+        if not found:
+            return
+        time.sleep(0.05)
+
+
+def _dir_size(path: Path, limit_entries: int = 2000) -> tuple[int, int]:
+    total, n = 0, 0
+    stack = [str(path)]
+    while stack and n < limit_entries:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for e in it:
+                    n += 1
+                    try:
+                        if e.is_dir(follow_symlinks=False):
+                            stack.append(e.path)
+                        else:
+                            total += e.stat(follow_symlinks=False).st_size
+                    except OSError:
+                        pass
+        except OSError:
+            pass
+    return total, n
+
+
+def run_attempt(bundle: Path, job: dict, limits: Limits, n_cases: dict[str, int], n_cells: int,
+                tmp_root: Path | None = None) -> Attempt:
+    """Start the child on ``job``, watch its progress, kill it when a unit overruns."""
+    iso = isolation()
+    base = Path(tempfile.mkdtemp(prefix="grading-", dir=tmp_root))
+    work, out_dir = base / "work", base / "out"
+    work.mkdir()
+    out_dir.mkdir()
+    # one uid per grading process (workers of a pool are forked from one parent: not cached)
+    uid = _sandbox_uid() if iso.get("uid") is not None else None
+    if uid is not None:
+        os.chown(work, uid, uid)
+        os.chown(out_dir, uid, uid)
+    else:
+        os.chmod(work, 0o777)
+        os.chmod(out_dir, 0o777)
+    job_path = base / "job.json"
+    if iso["mode"] == "bwrap":
+        job = dict(job, extra_path="/grader/course_lib", drop_to_uid=uid)
+        job_path.write_text(json.dumps(job))
+        os.chmod(job_path, 0o444)
+        cmd = _bwrap_command(shutil.which("bwrap"), bundle, out_dir, work, uid, job_path) + [
+            sys.executable, "-I", "/grader/sandbox_child.py", "/job.json", "/out"]
+        env = {"PATH": "/usr/bin:/bin"}
+        cwd = str(work)
+        drop_net = False
+    else:
+        job = dict(job, extra_path=str(bundle / "course_lib"))
+        job_path.write_text(json.dumps(job))
+        cmd = [sys.executable, "-I", str(bundle / "sandbox_child.py"), str(job_path), str(out_dir)]
+        env = _child_env(str(work))
+        cwd = str(work)
+        drop_net = iso["network"].startswith("off") and os.geteuid() == 0
+    log_path = base / "child.log"
+    import resource
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.monotonic()
+    events: list = []
+    seen: set = set()
+    unit: tuple | None = ("start",)
+    deadline = t0 + limits.startup_timeout
+    hard_deadline = t0 + limits.submission_timeout
+    killed = None
+    status_path = out_dir / "status.jsonl"
+    pos = 0
+    buf = b""
+    last_size_check = 0.0
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
+                                env=env, preexec_fn=_preexec(limits, drop_net, uid is None and os.geteuid() != 0),
+                                close_fds=True)
+        try:
+            while True:
+                rc = proc.poll()
+                # read new progress lines (the child may forge them: only the first of each known key counts)
+                try:
+                    with open(status_path, "rb") as f:
+                        f.seek(pos)
+                        chunk = f.read(1 << 20)
+                        pos += len(chunk)
+                        buf += chunk
+                except FileNotFoundError:
+                    pass
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    try:
+                        ev = json.loads(line)
+                    except Exception:
+                        continue
+                    key = _event_key(ev, job, n_cases, n_cells)
+                    if key is None or key in seen:
+                        continue
+                    seen.add(key)
+                    events.append(ev)
+                    now = time.monotonic()
+                    kind = key[0]
+                    # the child stops a cell or case after its CPU budget; this wall-clock margin
+                    # catches code that blocks, sleeps or swallows the child's own timer
+                    if kind == "cell":
+                        unit, deadline = ("cell", key[1]), now + limits.wall_factor * limits.cell_timeout + 10
+                    elif kind in ("ex", "case"):
+                        unit, deadline = ("ex", key[1]), now + limits.wall_factor * limits.case_timeout + 10
+                    elif kind == "end":  # keeps the unit: a forged "end" cannot move the blame
+                        deadline = now + 30
+                    elif kind == "start":  # imports, then the cases are built
+                        deadline = now + limits.startup_timeout
+                    else:
+                        deadline = now + 30
+                if buf and len(buf) > (1 << 20):
+                    buf = b""
+                if rc is not None:
+                    break
+                now = time.monotonic()
+                if now > deadline or now > hard_deadline:
+                    what = {"cell": "a cell of the notebook", "ex": "a check", "start": "start-up"}.get(
+                        unit[0] if unit else "", "the grading process")
+                    limit = (limits.wall_factor * limits.cell_timeout + 10 if unit and unit[0] == "cell" else
+                             limits.wall_factor * limits.case_timeout + 10 if unit and unit[0] == "ex"
+                             else limits.startup_timeout)
+                    killed = (f"still running after {limit:g} s of wall-clock time ({what}): an infinite loop, a "
+                              f"blocked process or far too slow an algorithm; it was stopped")
+                    if now > hard_deadline:
+                        killed = f"the whole run took longer than {limits.submission_timeout:g} s; it was stopped"
+                    break
+                if now - last_size_check > 0.5:
+                    last_size_check = now
+                    size, n = _dir_size(out_dir)
+                    wsize, wn = _dir_size(work)
+                    if size + wsize > (limits.out_max_mb << 20) or n + wn >= 2000:
+                        killed = (f"wrote more than {limits.out_max_mb} MB or 2000 files to disk; it was stopped")
+                        break
+                time.sleep(0.02 if now - t0 < 2 else 0.05)
+        finally:
+            _terminate(proc, uid)
+    rc = proc.returncode
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    finished = any(ev.get("e") == "end" for ev in events) and not killed
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(0, os.path.getsize(log_path) - 2000))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        tail = ""
+    return Attempt(events=events, finished=finished, killed=killed, returncode=rc, unit=unit, out_dir=out_dir,
+                   seconds=time.monotonic() - t0, log_tail=tail, cpu_s=cpu)
+
+
+def _event_key(ev, job, n_cases, n_cells):
+    if not isinstance(ev, dict):
+        return None
+    e = ev.get("e")
+    if e in ("start", "end"):
+        return (e,)
+    if e in ("cell", "cell_end"):
+        i = ev.get("i")
+        return (e, i) if type(i) is int and 0 <= i < n_cells else None
+    if e in ("ex", "ex_end"):
+        x = ev.get("id")
+        return (e, x) if x in job["exercises"] else None
+    if e == "case":
+        x, k = ev.get("id"), ev.get("k")
+        return ("case", x, k) if x in job["exercises"] and type(k) is int and 0 <= k < n_cases.get(x, 0) else None
+    return None
+
+
+def _terminate(proc: subprocess.Popen, uid: int | None) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+    if uid is not None:
+        _kill_uid(uid)
+
+
+def cleanup(attempt: Attempt) -> None:
+    shutil.rmtree(attempt.out_dir.parent, ignore_errors=True)

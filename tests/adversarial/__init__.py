@@ -1,0 +1,1 @@
+"""Hostile and broken submissions for the trusted grader (see cases.py)."""

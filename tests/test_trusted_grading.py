@@ -1,0 +1,182 @@
+"""The trusted grader's parts: transport, static check, program extraction, sandbox, catalogue."""
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+import torch
+
+from grading import codec
+from grading.program import build_program, load_source, read_submission, NotebookError
+from grading.static import analyse
+
+
+# ---- transport: plain data only ----------------------------------------------------------------
+def roundtrip(x):
+    tree, tensors = codec.encode(x)
+    json.dumps(tree)  # the tree is JSON
+    return codec.decode(json.loads(json.dumps(tree)), tensors)
+
+
+def test_codec_round_trips_the_result_types_chapters_use():
+    value = {"t": torch.arange(6).view(2, 3), "f": 1.5, "i": 10**30, "s": "héllo", "b": b"\x00\xff", "n": None,
+             "nested": [(1, 2.0, [torch.tensor(True)]), {"k": torch.zeros(0, 3, dtype=torch.bfloat16)}],
+             7: float("inf"), "c": torch.tensor([1 + 2j]), "size": torch.Size([2, 3]), "dtype": torch.float16}
+    got = roundtrip(value)
+    assert got.keys() == value.keys()
+    assert torch.equal(got["t"], value["t"]) and got["i"] == 10**30 and got["s"] == "héllo" and got["b"] == b"\x00\xff"
+    assert isinstance(got["nested"][0], tuple) and torch.equal(got["nested"][0][2][0], torch.tensor(True))
+    assert got["nested"][1]["k"].dtype == torch.bfloat16 and got[7] == float("inf")
+    assert torch.equal(got["c"], value["c"]) and got["size"] == torch.Size([2, 3]) and got["dtype"] is torch.float16
+    assert torch.isnan(roundtrip(torch.tensor(float("nan")))).item()
+
+
+def test_codec_strips_behaviour_of_learner_classes():
+    class Sly(int):
+        def __eq__(self, other):
+            return True
+        __hash__ = int.__hash__
+
+    class Anything:
+        def __eq__(self, other):
+            return True
+
+    class Liar(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            return True
+
+    got = roundtrip([Sly(3), Anything(), torch.ones(2).as_subclass(Liar)])
+    assert type(got[0]) is int and got[0] == 3 and got[0] != 4
+    assert isinstance(got[1], codec.Opaque) and got[1] != got[1] and type(got[1]).__name__ == "Anything"
+    assert type(got[2]) is torch.Tensor and torch.equal(got[2], torch.ones(2))
+
+
+@pytest.mark.parametrize("tree", [
+    {"t": "int", "v": "1e9"}, {"t": "float", "v": 3.0}, {"t": "tensor", "key": "missing", "shape": [1]},
+    {"t": "list", "items": "abc"}, {"t": "object", "module": "os", "name": "system"}, "x", None,
+    {"t": "dtype", "v": "os.system"}])
+def test_codec_rejects_malformed_trees(tree):
+    with pytest.raises(codec.DecodeError):
+        codec.decode(tree, {})
+
+
+def test_safetensors_file_with_a_bad_dtype_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2, dtype=torch.uint16)}, tmp_path / "r.safetensors")
+    with pytest.raises(codec.DecodeError):
+        codec.load_tensors(tmp_path / "r.safetensors", 1 << 20)
+
+
+# ---- static check -------------------------------------------------------------------------------
+FORBIDDEN = {"ch01.cross_entropy": ["torch.nn.functional.cross_entropy", "torch.logsumexp"],
+             "ch01.perplexity": ["torch.nn.functional.cross_entropy"], "ch01.bigram_counts": []}
+EXERCISES = [("ch01.cross_entropy", "cross_entropy"), ("ch01.perplexity", "perplexity"),
+             ("ch01.bigram_counts", "bigram_counts")]
+SOLUTIONS = {e: f"solutions.ch01_next_token.{n}" for e, n in EXERCISES}
+SETUP = ["import torch\nimport torch.nn.functional as F\nfrom autograder import check, fallback, quick"]
+
+
+def findings(code):
+    out = analyse([("cell", code)], SETUP, EXERCISES, FORBIDDEN, SOLUTIONS, {"solutions.ch01_next_token"})
+    return {e for f in out for e in f.exercises}, [f.message for f in out]
+
+
+@pytest.mark.parametrize("code,hit", [
+    ("def cross_entropy(l, t):\n    return F.cross_entropy(l, t)", {"ch01.cross_entropy", "ch01.perplexity"}),
+    ("from torch.nn.functional import cross_entropy as ce\ndef cross_entropy(l, t):\n    return ce(l, t)",
+     {"ch01.cross_entropy", "ch01.perplexity"}),
+    ("import torch.nn.modules.loss as L\nx = L.F\ndef cross_entropy(l, t):\n    return x.cross_entropy(l, t)",
+     {"ch01.cross_entropy", "ch01.perplexity"}),
+    ("def cross_entropy(l, t):\n    return torch.logsumexp(l, 1).mean()", {"ch01.cross_entropy"}),
+    ("def bigram_counts(i, v):\n    return getattr(torch, 'bin' + 'count')(i)", {"*"}),
+    ("import autograder.core\nautograder.core.default_compare = None", {"*"}),
+    ("from solutions.ch01_next_token import bigram_counts as b", {"ch01.bigram_counts"}),
+    ("import gc\ndef bigram_counts(i, v):\n    return gc.get_objects()", {"*"}),
+    ("def bigram_counts(i, v):\n    return bigram_counts.__globals__", {"*"}),
+    ("import subprocess\ndef bigram_counts(i, v):\n    return subprocess.run(['true'])", {"ch01.bigram_counts"}),
+    ("import os\nos.system('true')", {"*"}),
+    ("def bigram_counts(i, v):\n    return eval('1')", {"*"}),
+])
+def test_static_check_finds(code, hit):
+    assert findings(code)[0] == hit
+
+
+@pytest.mark.parametrize("code", [
+    "def cross_entropy(logits, targets):\n    m = logits.max(1, keepdim=True).values\n"
+    "    return (m.squeeze(1) + torch.log(torch.exp(logits - m).sum(1)) - logits.gather(1, targets[:, None]).squeeze(1)).mean()",
+    "def perplexity(l, t):\n    return math.exp(float(cross_entropy(l, t)))",
+    "check('ch01.cross_entropy', cross_entropy)",
+    "%matplotlib inline\nimport matplotlib.pyplot as plt\nprint(F.softmax(torch.zeros(3), 0))",
+    "def bigram_counts(ids, v):\n    import os\n    return os.path.join('a', 'b')",
+])
+def test_static_check_leaves_honest_code_alone(code):
+    assert findings(code)[0] == set()
+
+
+# ---- which cells run ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    from grading.simulate import chapter_source
+
+    path = tmp_path_factory.mktemp("src") / "ch01_next_token.ipynb"
+    nbformat.write(chapter_source("ch01"), path)
+    return path
+
+
+def test_program_runs_course_cells_from_the_source_and_answers_from_the_learner(source):
+    info = load_source(source)
+    assert info.exercises[0] == "ch01.bigram_counts" and len(info.exercises) == 6
+    nb = json.loads(source.read_text())
+    for cell in nb["cells"]:
+        if cell.get("metadata", {}).get("course", {}).get("role") == "setup":
+            cell["source"] = "import os; os._exit(0)  # the learner broke the setup cell"
+        if cell.get("metadata", {}).get("course", {}).get("role") == "check":
+            cell["source"] = "print('passed')"
+    nb["cells"].append(nbformat.v4.new_code_cell('check("ch01.perplexity", perplexity)'))  # retyped test cell
+    nb["cells"].append(nbformat.v4.new_code_cell("def helper():\n    return 1"))  # added by the learner
+    cells, notes = build_program(info, nb)
+    sources = [c.source for c in cells]
+    assert not any("os._exit" in s for s in sources)
+    assert not any("print('passed')" in s or 'check("ch01.perplexity"' in s for s in sources)
+    assert any("def helper" in s for s in sources)
+    assert [c.exercise for c in cells if c.kind == "answer"] == info.exercises
+    assert "### BEGIN SOLUTION" not in "".join(c.source for c in cells if c.kind == "course")
+
+
+@pytest.mark.parametrize("content,message", [(b"", "empty"), (b"{oops", "not valid JSON"),
+                                             (b"[1, 2]", "not a JSON object"), (b'{"cells": 3}', "no list of cells")])
+def test_unreadable_notebooks_are_reported(tmp_path, content, message):
+    p = tmp_path / "nb.ipynb"
+    p.write_bytes(content)
+    with pytest.raises(NotebookError, match=message):
+        read_submission(p)
+
+
+# ---- the sandbox on this machine ------------------------------------------------------------------
+def test_isolation_is_probed_and_explained():
+    from grading.sandbox import isolation
+
+    iso = isolation()
+    assert iso["mode"] in ("bwrap", "basic")
+    if iso["mode"] == "basic":
+        assert iso["notes"], "a degraded sandbox must say why"
+    else:
+        assert iso["network"].startswith("off")
+
+
+def _chapters():
+    from grading.simulate import chapters
+    return chapters()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chapter", _chapters())
+def test_every_chapter_of_the_catalogue_gets_full_marks_through_the_sandbox(chapter, capsys):
+    """The reference solution, as a notebook, passes the trusted grader: every chapter's
+    results travel through the sandbox and the comparisons work outside it."""
+    from grading.__main__ import selfcheck
+
+    assert selfcheck([chapter]) == 0, capsys.readouterr().out
