@@ -14,7 +14,7 @@ import pytest
 from grading.batch import grade_assignment
 from grading.nbgrader_step import Course
 from grading.simulate import write_submission
-from tests.adversarial.cases import ALL, CASES, Ctx
+from tests.adversarial.cases import CASES, Ctx
 from tests.adversarial.support import SLUG, TEST_LIMITS, LocalServer, release, shared_course
 
 pytestmark = pytest.mark.slow

@@ -12,9 +12,7 @@ installs what it needs (tests/hub/setup.sh) and sets GRADING_HUB=1.
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import socket
 import subprocess

@@ -1,0 +1,654 @@
+"""Chapter 9 - Fine-tuning and in-context learning.
+
+References, all independent of the course's solutions:
+- the classification head: sentence-transformers' ``models.Pooling`` (mean mode) followed by
+  ``torch.nn.functional.linear`` with the same weights;
+- LoRA: ``peft`` (``LoraConfig`` + ``get_peft_model`` on the same module, A and B copied;
+  ``merge_and_unload`` for the merged weight; ``get_nb_trainable_parameters`` for the count);
+- token losses: ``torch.nn.functional.cross_entropy(reduction="none")`` on the shifted pairs;
+- induction score: the (period - 1)-th sub-diagonal read with ``torch.diagonal``.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..core import Case, Exercise, Mistake, compare_tensors, register
+
+CH = "ch09"
+SOL = "solutions.ch09_finetuning"
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _silence():
+    import logging as _logging
+
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    _logging.getLogger("peft").setLevel(_logging.ERROR)
+
+
+class ContractError(Exception):
+    """The learner's module does not have the attributes the docstring names."""
+
+
+def _param(module, name, shape=None):
+    value = getattr(module, name, None)
+    if not isinstance(value, torch.Tensor):
+        raise ContractError(f"your module has no tensor attribute {name!r}: name it as the docstring says")
+    if shape is not None and tuple(value.shape) != tuple(shape):
+        raise ContractError(f"{name} has shape {tuple(value.shape)}, expected {tuple(shape)}")
+    return value
+
+
+# ========================================================================================
+# ClassifierHead
+# ========================================================================================
+def _head_inputs(seed, B, T, d, C):
+    g = _gen(seed)
+    hidden = torch.randn(B, T, d, generator=g)
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    lengths[0] = T
+    if B > 1:
+        lengths[-1] = 1
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).long()
+    hidden = hidden + 5.0 * (1 - mask)[..., None]  # padding states far from the real ones: pooling them shows
+    weight = torch.randn(C, d, generator=g) / math.sqrt(d)
+    bias = torch.randn(C, generator=g) * 0.1
+    return hidden, mask, weight, bias
+
+
+def _head_run(cls, d, C, hidden, mask, weight, bias):
+    head = cls(d, C, 0.1)
+    if not isinstance(head, nn.Module):
+        raise ContractError("ClassifierHead must be an nn.Module (call super().__init__() first)")
+    lin = getattr(head, "classifier", None)
+    if not isinstance(lin, nn.Linear):
+        raise ContractError("your head needs self.classifier = nn.Linear(hidden_size, num_labels)")
+    if tuple(lin.weight.shape) != (C, d):
+        raise ContractError(f"classifier.weight has shape {tuple(lin.weight.shape)}, expected {(C, d)}")
+    with torch.no_grad():
+        lin.weight.copy_(weight)
+        lin.bias.copy_(bias)
+    head.eval()
+    with torch.no_grad():
+        return head(hidden, mask)
+
+
+def _head_expected(d, hidden, mask, weight, bias):
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    pool = Pooling(d, pooling_mode="mean")
+    feats = pool({"token_embeddings": hidden, "attention_mask": mask})
+    return F.linear(feats["sentence_embedding"], weight, bias)
+
+
+def _dropout_run(cls, d, C, hidden, mask, weight, bias):
+    head = cls(d, C, 0.5)
+    head.train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        a, b = head(hidden, mask), head(hidden, mask)
+    head.eval()
+    with torch.no_grad():
+        c, e = head(hidden, mask), head(hidden, mask)
+    return {"train_random": not torch.allclose(a, b), "eval_fixed": torch.allclose(c, e)}
+
+
+def _compare_dropout(expected, got):
+    if not isinstance(got, dict):
+        return f"could not read your result: {got!r}"
+    if not got["eval_fixed"]:
+        return "in eval mode your head gives different outputs on the same input: use nn.Dropout (off in eval mode)"
+    if not got["train_random"]:
+        return "in train mode two calls give the same output: apply self.dropout to the pooled vector"
+    return None
+
+
+def _head_cases(hidden: bool):
+    specs = [("B=3, T=7, d=16, 2 labels, different lengths", 0, 3, 7, 16, 2),
+             ("a batch of one without padding", 1, 1, 5, 8, 3),
+             ("B=4, T=12, d=32, 5 labels", 2, 4, 12, 32, 5)]
+    if hidden:
+        specs += [("B=8, T=20, d=24, 2 labels", 3, 8, 20, 24, 2)]
+    for name, seed, B, T, d, C in specs:
+        h, m, w, b = _head_inputs(seed, B, T, d, C)
+        yield Case(name, (d, C, h, m, w, b), run=_head_run,
+                   expected=lambda d=d, h=h, m=m, w=w, b=b: _head_expected(d, h, m, w, b),
+                   compare=lambda e, g: compare_tensors(e, g, atol=1e-5, rtol=1e-4))
+    h, m, w, b = _head_inputs(9, 4, 6, 16, 2)
+    yield Case("dropout: random in train mode, off in eval mode", (16, 2, h, m, w, b), run=_dropout_run,
+               expected=lambda: {"train_random": True, "eval_fixed": True}, compare=_compare_dropout)
+
+
+def _pool_variant(kind):
+    def run(d, C, hidden, mask, weight, bias):
+        m = mask.float()[..., None]
+        if kind == "cls":
+            pooled = hidden[:, 0]
+        elif kind == "all":
+            pooled = hidden.mean(1)
+        elif kind == "sum":
+            pooled = (hidden * m).sum(1)
+        else:  # max over real tokens
+            pooled = hidden.masked_fill(m == 0, -1e9).max(1).values
+        return F.linear(pooled, weight, bias)
+    return run
+
+
+class _PoolMistake:
+    """A Mistake for a head exercise: Case.run(produce, ...) must build a module, so wrap one."""
+
+    def __init__(self, kind):
+        self.kind = kind
+
+    def __call__(self, d, C, dropout=0.1):
+        kind = self.kind
+
+        class Head(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.dropout = nn.Dropout(dropout)
+                self.classifier = nn.Linear(d, C)
+
+            def forward(self, hidden, mask):
+                return _pool_variant(kind)(d, C, hidden, mask, self.classifier.weight, self.classifier.bias)
+        return Head()
+
+
+register(Exercise(
+    id="ch09.classifier_head", chapter=CH, title="A classification head: masked mean pooling + linear", points=1,
+    name="ClassifierHead",
+    signature="ClassifierHead(hidden_size, num_labels, dropout=0.1); forward(hidden: Tensor[B, T, d], "
+              "attention_mask: Tensor[B, T]) -> Tensor[B, num_labels]",
+    reference="sentence-transformers models.Pooling(pooling_mode='mean') + F.linear with the same weights",
+    solution=f"{SOL}:ClassifierHead", cases=_head_cases,
+    forbidden=["sentence_transformers.sentence_transformer.modules:Pooling"],
+    mistakes=[
+        Mistake("cls-token", "you used the first token's state: this encoder was trained with MEAN pooling over the "
+                "real tokens", _PoolMistake("cls")),
+        Mistake("padding-included", "you averaged over all T positions, padding included: weight by the attention "
+                "mask and divide by the number of real tokens", _PoolMistake("all")),
+        Mistake("sum", "you summed the token states: divide by the number of real tokens (a mean)", _PoolMistake("sum")),
+        Mistake("max", "you max-pooled: this exercise (and all-MiniLM-L6-v2) uses the mean", _PoolMistake("max")),
+    ]))
+
+
+# ========================================================================================
+# LoRA: the shared reference built with peft
+# ========================================================================================
+class _OneLinear(nn.Module):
+    def __init__(self, d_in, d_out):
+        super().__init__()
+        self.fc = nn.Linear(d_in, d_out)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def _lora_setup(seed, d_in, d_out, r):
+    g = _gen(seed)
+    base_w = torch.randn(d_out, d_in, generator=g) / math.sqrt(d_in)
+    base_b = torch.randn(d_out, generator=g) * 0.1
+    A = torch.randn(r, d_in, generator=g) / math.sqrt(d_in)
+    B = torch.randn(d_out, r, generator=g) * 0.5
+    x = torch.randn(3, 4, d_in, generator=g)
+    up = torch.randn(3, 4, d_out, generator=g)
+    return base_w, base_b, A, B, x, up
+
+
+def _peft_one_linear(base_w, base_b, r, alpha):
+    from peft import LoraConfig, get_peft_model
+
+    _silence()
+    plain = _OneLinear(base_w.shape[1], base_w.shape[0])
+    with torch.no_grad():
+        plain.fc.weight.copy_(base_w)
+        plain.fc.bias.copy_(base_b)
+    return get_peft_model(plain, LoraConfig(r=r, lora_alpha=alpha, target_modules=["fc"], lora_dropout=0.0))
+
+
+@functools.lru_cache(maxsize=None)
+def _lora_expected(seed, d_in, d_out, r, alpha):
+    base_w, base_b, A, B, x, up = _lora_setup(seed, d_in, d_out, r)
+    model = _peft_one_linear(base_w, base_b, r, alpha)
+    layer = model.base_model.model.fc
+    with torch.no_grad():
+        init_equal = torch.allclose(model(x), F.linear(x, base_w, base_b), atol=1e-6)
+        layer.lora_A["default"].weight.copy_(A)
+        layer.lora_B["default"].weight.copy_(B)
+    out = model(x)
+    (out * up).sum().backward()
+    return {"init_equal": init_equal, "base_frozen": True, "trainable": ("lora_A", "lora_B"),
+            "out": out.detach(), "grad_A": layer.lora_A["default"].weight.grad.clone(),
+            "grad_B": layer.lora_B["default"].weight.grad.clone()}
+
+
+def _lora_run(cls, seed, d_in, d_out, r, alpha):
+    base_w, base_b, A, B, x, up = _lora_setup(seed, d_in, d_out, r)
+    base = nn.Linear(d_in, d_out)
+    with torch.no_grad():
+        base.weight.copy_(base_w)
+        base.bias.copy_(base_b)
+    layer = cls(base, r, alpha)
+    if not isinstance(layer, nn.Module):
+        raise ContractError("LoRALinear must be an nn.Module (call super().__init__() first)")
+    lora_A = _param(layer, "lora_A", (r, d_in))
+    lora_B = _param(layer, "lora_B", (d_out, r))
+    with torch.no_grad():
+        init_equal = torch.allclose(layer(x), F.linear(x, base_w, base_b), atol=1e-6)
+    base_frozen = not base.weight.requires_grad and not base.bias.requires_grad
+    own = {id(p): n for n, p in layer.named_parameters()}
+    trainable = tuple(sorted(n.rpartition(".")[2] for n, p in layer.named_parameters() if p.requires_grad))
+    if id(lora_A) not in own or id(lora_B) not in own:
+        raise ContractError("lora_A and lora_B must be nn.Parameter attributes of the module")
+    with torch.no_grad():
+        lora_A.copy_(A)
+        lora_B.copy_(B)
+    out = layer(x)
+    (out * up).sum().backward()
+    return {"init_equal": init_equal, "base_frozen": base_frozen, "trainable": trainable, "out": out.detach(),
+            "grad_A": lora_A.grad.clone() if lora_A.grad is not None else None,
+            "grad_B": lora_B.grad.clone() if lora_B.grad is not None else None}
+
+
+def _compare_lora(expected, got):
+    if not isinstance(got, dict):
+        return f"could not read your result: {got!r}"
+    if got["init_equal"] != expected["init_equal"]:
+        return ("a fresh LoRALinear must compute exactly base(x): initialise lora_B to zeros (lora_A random), so the "
+                "update B @ A starts at 0")
+    if got["base_frozen"] != expected["base_frozen"]:
+        return "the base layer's weight and bias must be frozen (requires_grad = False)"
+    if got["trainable"] != expected["trainable"]:
+        return f"the trainable parameters must be exactly lora_A and lora_B, yours are {list(got['trainable'])}"
+    problem = compare_tensors(expected["out"], got["out"], atol=1e-5, rtol=1e-4)
+    if problem:
+        return f"with A and B set (B non-zero), the output differs from peft's: {problem}"
+    for key in ("grad_A", "grad_B"):
+        if got[key] is None:
+            return f"{key[-1]} received no gradient: use self.lora_{key[-1]} in forward"
+        problem = compare_tensors(expected[key], got[key], atol=1e-4, rtol=1e-4)
+        if problem:
+            return f"the gradient of lora_{key[-1]} differs from peft's: {problem}"
+    return None
+
+
+def _lora_cases(hidden: bool):
+    specs = [("8 -> 6, r=2, alpha=4", 0, 8, 6, 2, 4.0), ("16 -> 16, r=4, alpha=8", 1, 16, 16, 4, 8.0),
+             ("r=1, alpha=1 (scaling 1)", 2, 5, 7, 1, 1.0), ("r=8, alpha=2 (scaling 1/4)", 3, 12, 10, 8, 2.0)]
+    if hidden:
+        specs += [("64 -> 32, r=16, alpha=32", 4, 64, 32, 16, 32.0)]
+    for name, seed, d_in, d_out, r, alpha in specs:
+        yield Case(name, (seed, d_in, d_out, r, alpha), run=_lora_run,
+                   expected=lambda s=seed, i=d_in, o=d_out, r=r, a=alpha: _lora_expected(s, i, o, r, a),
+                   compare=_compare_lora)
+
+
+def _lora_mistake(scaling="alpha/r", b_init="zeros", freeze=True):
+    class WrongLoRA(nn.Module):
+        def __init__(self, base, r, alpha):
+            super().__init__()
+            self.base = base
+            if freeze:
+                for p in base.parameters():
+                    p.requires_grad_(False)
+            self.lora_A = nn.Parameter(torch.randn(r, base.in_features) * 0.01)
+            self.lora_B = nn.Parameter(torch.randn(base.out_features, r) * 0.01 if b_init == "random"
+                                       else torch.zeros(base.out_features, r))
+            self.scaling = {"alpha/r": alpha / r, "r/alpha": r / alpha, "none": 1.0, "alpha": alpha}[scaling]
+
+        def forward(self, x):
+            return self.base(x) + self.scaling * (x @ self.lora_A.T @ self.lora_B.T)
+    return WrongLoRA
+
+
+register(Exercise(
+    id="ch09.lora_linear", chapter=CH, title="LoRA: a frozen linear layer plus a low-rank update", points=2,
+    name="LoRALinear",
+    signature="LoRALinear(base: nn.Linear, r: int, alpha: float); forward(x: Tensor[..., in]) -> Tensor[..., out]",
+    reference="peft LoraConfig(r, lora_alpha, target_modules=['fc']) + get_peft_model on the same layer, A and B copied",
+    solution=f"{SOL}:LoRALinear", cases=_lora_cases, difficulty="**",
+    forbidden=["peft:get_peft_model", "peft:LoraConfig", "peft:LoraModel", "peft:inject_adapter_in_model",
+               "peft.tuners.lora.layer:Linear"],
+    mistakes=[
+        Mistake("inverted-scaling", "your update is scaled by r / alpha: LoRA scales it by alpha / r",
+                _lora_mistake(scaling="r/alpha")),
+        Mistake("random-B", "lora_B was initialised randomly, so the model changes before any training: B starts at "
+                "zero (A random), making B @ A = 0 at the start", _lora_mistake(b_init="random")),
+        Mistake("not-frozen", "the base layer still trains: set requires_grad = False on its weight and bias",
+                _lora_mistake(freeze=False)),
+        Mistake("no-scaling", "the update B A x is not multiplied by alpha / r", _lora_mistake(scaling="none")),
+    ]))
+
+
+# ========================================================================================
+# lora_merge
+# ========================================================================================
+@functools.lru_cache(maxsize=None)
+def _merge_case(seed, d_in, d_out, r, alpha):
+    base_w, base_b, A, B, _, _ = _lora_setup(seed, d_in, d_out, r)
+    model = _peft_one_linear(base_w, base_b, r, alpha)
+    layer = model.base_model.model.fc
+    with torch.no_grad():
+        layer.lora_A["default"].weight.copy_(A)
+        layer.lora_B["default"].weight.copy_(B)
+    merged = model.merge_and_unload()
+    return base_w, A, B, merged.fc.weight.detach().clone()
+
+
+def _merge_cases(hidden: bool):
+    specs = [("square 8 x 8, r=2, alpha=4", 0, 8, 8, 2, 4.0), ("in 10, out 6, r=3, alpha=6", 1, 10, 6, 3, 6.0),
+             ("r=1, alpha=16", 2, 6, 6, 1, 16.0), ("in 4, out 9, r=4, alpha=1", 3, 4, 9, 4, 1.0)]
+    if hidden:
+        specs += [("square 32, r=8, alpha=16", 4, 32, 32, 8, 16.0)]
+    for name, seed, d_in, d_out, r, alpha in specs:
+        W, A, B, merged = _merge_case(seed, d_in, d_out, r, alpha)
+        yield Case(name, (W, A, B, alpha, r), expected=lambda m=merged: m,
+                   compare=lambda e, g: compare_tensors(e, g, atol=1e-5, rtol=1e-4))
+
+
+register(Exercise(
+    id="ch09.lora_merge", chapter=CH, title="Merge LoRA into the weight", points=1, name="lora_merge",
+    signature="lora_merge(weight: Tensor[out, in], lora_A: Tensor[r, in], lora_B: Tensor[out, r], alpha, r) -> Tensor[out, in]",
+    reference="peft merge_and_unload() on the same layer with A and B copied",
+    solution=f"{SOL}:lora_merge", cases=_merge_cases,
+    forbidden=["peft:get_peft_model", "peft:LoraConfig", "peft.tuners.lora.layer:Linear"],
+    mistakes=[
+        Mistake("transposed", "your update is transposed: the merged weight is W + (alpha / r) * B @ A, shape (out, in) "
+                "like W", lambda W, A, B, alpha, r: W + alpha / r * (B @ A).T),
+        Mistake("inverted-scaling", "you scaled by r / alpha: the factor is alpha / r",
+                lambda W, A, B, alpha, r: W + r / alpha * (B @ A)),
+        Mistake("no-scaling", "the product B @ A must be multiplied by alpha / r", lambda W, A, B, alpha, r: W + B @ A),
+        Mistake("delta-only", "you returned only the update; add it to the frozen weight W",
+                lambda W, A, B, alpha, r: alpha / r * (B @ A)),
+    ]))
+
+
+# ========================================================================================
+# add_lora
+# ========================================================================================
+class _Branchy(nn.Module):
+    """A small model whose layer names share substrings: ``proj``, ``out_proj``, ``block.proj``."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(6, 8)
+        self.block = nn.Sequential()
+        self.block.add_module("proj", nn.Linear(8, 8))
+        self.out_proj = nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.out_proj(torch.relu(self.block.proj(torch.relu(self.proj(x)))))
+
+
+def _make_model(kind, seed):
+    if kind == "bert":
+        return _tiny_bert(seed)
+    torch.manual_seed(seed)
+    return _Branchy().eval()
+
+
+@functools.lru_cache(maxsize=None)
+def _model_cached(kind, seed):
+    return _make_model(kind, seed)
+
+
+def _tiny_bert(seed):
+    from transformers import BertConfig, BertModel
+
+    _silence()
+    cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+                     max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(seed)
+    return BertModel(cfg).eval()
+
+
+def _lora_values(name, r, d_in, d_out):
+    g = _gen(sum(ord(c) * (i + 1) for i, c in enumerate(name)) % 100003)
+    return torch.randn(r, d_in, generator=g) * 0.3, torch.randn(d_out, r, generator=g) * 0.3
+
+
+def _forward(kind, model, seed):
+    if kind == "bert":
+        return model(input_ids=torch.randint(0, 50, (2, 9), generator=_gen(seed + 100))).last_hidden_state
+    return model(torch.randn(4, 6, generator=_gen(seed + 100)))
+
+
+@functools.lru_cache(maxsize=None)
+def _add_lora_expected(kind, seed, targets, r, alpha):
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    with warnings.catch_warnings():  # peft asks transformers about gradient checkpointing with a deprecated name
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        model = get_peft_model(_make_model(kind, seed), LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets),
+                                                                    lora_dropout=0.0))
+    prefix = "base_model.model."
+    wrapped = []
+    for name, module in model.named_modules():
+        if hasattr(module, "lora_A") and isinstance(getattr(module, "lora_A"), nn.ModuleDict):
+            short = name[len(prefix):] if name.startswith(prefix) else name
+            wrapped.append(short)
+            A, B = _lora_values(short, r, module.in_features, module.out_features)
+            with torch.no_grad():
+                module.lora_A["default"].weight.copy_(A)
+                module.lora_B["default"].weight.copy_(B)
+    n_trainable = model.get_nb_trainable_parameters()[0]
+    with torch.no_grad():
+        out = _forward(kind, model, seed)
+    return {"is_module": True, "wrapped": tuple(sorted(wrapped)), "n_trainable": n_trainable, "out": out}
+
+
+def _add_lora_run(fn, model, kind, seed, targets, r, alpha):
+    result = fn(model, list(targets), r, alpha)
+    model = result if isinstance(result, nn.Module) else model
+    wrapped = []
+    for name, module in model.named_modules():
+        A, B = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
+        if isinstance(A, torch.Tensor) and isinstance(B, torch.Tensor):
+            wrapped.append(name)
+            vA, vB = _lora_values(name, r, A.shape[1], B.shape[0])
+            if A.shape != vA.shape or B.shape != vB.shape:
+                raise ContractError(f"{name}: lora_A/lora_B have shapes {tuple(A.shape)}/{tuple(B.shape)}, expected "
+                                    f"{tuple(vA.shape)}/{tuple(vB.shape)}")
+            with torch.no_grad():
+                A.copy_(vA)
+                B.copy_(vB)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    model.eval()
+    with torch.no_grad():
+        out = _forward(kind, model, seed)
+    return {"is_module": isinstance(result, nn.Module), "wrapped": tuple(sorted(wrapped)), "n_trainable": n_trainable,
+            "out": out}
+
+
+def _compare_add_lora(expected, got):
+    if not isinstance(got, dict):
+        return f"could not read your result: {got!r}"
+    if not got["is_module"]:
+        return "return the model (the same object, modified in place)"
+    if got["wrapped"] != expected["wrapped"]:
+        missing = sorted(set(expected["wrapped"]) - set(got["wrapped"]))
+        extra = sorted(set(got["wrapped"]) - set(expected["wrapped"]))
+        return (f"peft wraps {len(expected['wrapped'])} layers, you wrapped {len(got['wrapped'])}"
+                + (f"; missing e.g. {missing[0]}" if missing else "") + (f"; not a target: {extra[0]}" if extra else ""))
+    if got["n_trainable"] != expected["n_trainable"]:
+        return (f"{got['n_trainable']:,} trainable parameters, peft has {expected['n_trainable']:,}: only the LoRA "
+                "matrices may keep requires_grad = True")
+    problem = compare_tensors(expected["out"], got["out"], atol=1e-5, rtol=1e-4)
+    return None if problem is None else f"with the same A and B in every wrapped layer, the output differs: {problem}"
+
+
+def _add_lora_cases(hidden: bool):
+    specs = [("BERT, query and value, r=4, alpha=8", "bert", 0, ("query", "value"), 4, 8.0),
+             ("BERT, every 'dense' layer (pooler included), r=2, alpha=2", "bert", 1, ("dense",), 2, 2.0),
+             ("layers named proj, block.proj and out_proj; target 'proj'", "branchy", 2, ("proj",), 2, 4.0),
+             ("BERT, key only, r=1, alpha=4", "bert", 2, ("key",), 1, 4.0)]
+    if hidden:
+        specs += [("BERT, query, key and value, r=8, alpha=16", "bert", 3, ("query", "key", "value"), 8, 16.0)]
+    for name, kind, seed, targets, r, alpha in specs:
+        # The model is built here, not inside the graded call: the case's deep copy of it is cheap.
+        yield Case(name, (_model_cached(kind, seed), kind, seed, targets, r, alpha), run=_add_lora_run,
+                   expected=lambda k=kind, s=seed, t=targets, r=r, a=alpha: _add_lora_expected(k, s, t, r, a),
+                   compare=_compare_add_lora, check_mutation=False)
+
+
+class _RefLoRA(nn.Module):
+    """The correct LoRA layer (used by the mistakes of add_lora, which get the wrapping wrong)."""
+
+    def __init__(self, base, r, alpha):
+        super().__init__()
+        self.base = base
+        for p in base.parameters():
+            p.requires_grad_(False)
+        self.lora_A = nn.Parameter(torch.randn(r, base.in_features) * 0.01)
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))
+        self.scaling = alpha / r
+
+    def forward(self, x):
+        return self.base(x) + self.scaling * (x @ self.lora_A.T @ self.lora_B.T)
+
+
+def _add_lora_mistake(kind):
+    def fn(model, target_modules, r, alpha):
+        if kind != "not-frozen":
+            for p in model.parameters():
+                p.requires_grad_(False)
+        chosen = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)
+                  and (kind == "all-linear" or n.rpartition(".")[2] in target_modules)]
+        if kind == "first-only":
+            chosen = chosen[:1]
+        for n, m in chosen:
+            parent, _, child = n.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, _RefLoRA(m, r, alpha))
+        return model
+    return fn
+
+
+register(Exercise(
+    id="ch09.add_lora", chapter=CH, title="Put LoRA into a whole model", points=2, name="add_lora",
+    signature="add_lora(model: nn.Module, target_modules: list[str], r: int, alpha: float) -> nn.Module",
+    reference="peft get_peft_model(model, LoraConfig(r, lora_alpha, target_modules)) on the same tiny BertModel: "
+              "wrapped layers, get_nb_trainable_parameters and outputs with the same A and B",
+    solution=f"{SOL}:add_lora", cases=_add_lora_cases, difficulty="**",
+    forbidden=["peft:get_peft_model", "peft:LoraConfig", "peft:LoraModel", "peft:inject_adapter_in_model"],
+    mistakes=[
+        Mistake("not-frozen", "the rest of the model still trains: set requires_grad = False on every parameter first, "
+                "so only lora_A and lora_B train", _add_lora_mistake("not-frozen")),
+        Mistake("all-linear", "you wrapped every nn.Linear: only those whose name (last part) is in target_modules",
+                _add_lora_mistake("all-linear")),
+        Mistake("first-only", "you wrapped only the first matching layer: every layer whose name matches gets LoRA",
+                _add_lora_mistake("first-only")),
+    ]))
+
+
+# ========================================================================================
+# token_losses
+# ========================================================================================
+def _tl_cases(hidden: bool):
+    specs = [("B=2, T=6, V=10", 0, 2, 6, 10, 1.0), ("a batch of one, T=2 (one prediction)", 1, 1, 2, 5, 1.0),
+             ("B=3, T=16, V=50, large logits (x 300)", 2, 3, 16, 50, 300.0)]
+    if hidden:
+        specs += [("B=8, T=64, V=64", 3, 8, 64, 64, 2.0)]
+    for name, seed, B, T, V, scale in specs:
+        g = _gen(seed)
+        logits = torch.randn(B, T, V, generator=g) * scale
+        tokens = torch.randint(V, (B, T), generator=g)
+        yield Case(name, (logits, tokens),
+                   expected=lambda l=logits, t=tokens: F.cross_entropy(
+                       l[:, :-1].reshape(-1, l.shape[-1]).double(), t[:, 1:].reshape(-1), reduction="none"
+                   ).view(t.shape[0], t.shape[1] - 1),
+                   compare=lambda e, g: compare_tensors(e, g, atol=1e-4, rtol=1e-4))
+
+
+def _tl_variant(logits, tokens, kind):
+    if kind == "no-shift":
+        l, t = logits[:, 1:], tokens[:, 1:]
+    elif kind == "wrong-way":
+        l, t = logits[:, 1:], tokens[:, :-1]
+    else:
+        l, t = logits[:, :-1], tokens[:, 1:]
+    out = F.cross_entropy(l.reshape(-1, l.shape[-1]).double(), t.reshape(-1), reduction="none").view(t.shape)
+    if kind == "log-prob":
+        return -out
+    return out
+
+
+register(Exercise(
+    id="ch09.token_losses", chapter=CH, title="The loss at every position", points=1, name="token_losses",
+    signature="token_losses(logits: Tensor[B, T, V], tokens: Tensor[B, T]) -> Tensor[B, T-1]",
+    reference="torch.nn.functional.cross_entropy(reduction='none') on logits[:, :-1] and tokens[:, 1:]",
+    solution=f"{SOL}:token_losses", cases=_tl_cases,
+    mistakes=[
+        Mistake("no-shift", "position t must be scored on token t + 1: you paired logits[:, t] with tokens[:, t]",
+                lambda l, t: _tl_variant(l, t, "no-shift")),
+        Mistake("wrong-way", "you paired logits[:, t + 1] with tokens[:, t]: the logits at t predict the NEXT token",
+                lambda l, t: _tl_variant(l, t, "wrong-way")),
+        Mistake("log-prob", "you returned log-probabilities; the loss is their negative",
+                lambda l, t: _tl_variant(l, t, "log-prob")),
+    ]))
+
+
+# ========================================================================================
+# induction_score
+# ========================================================================================
+def _causal_attn(seed, shape, T):
+    g = _gen(seed)
+    s = torch.randn(*shape, T, T, generator=g) * 2
+    s = s.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
+    return s.softmax(-1)
+
+
+def _ind_expected(attn, period):
+    # The entries attn[t, t - period + 1] lie on the (period - 1)-th sub-diagonal; skip its
+    # first entry (query period - 1, a position before the repeat starts).
+    diag = torch.diagonal(attn.double(), offset=-(period - 1), dim1=-2, dim2=-1)
+    return diag[..., 1:].mean(-1)
+
+
+def _ind_cases(hidden: bool):
+    specs = [("H=4, T=16, period 8", 0, (4,), 16, 8), ("a single head (T, T), T=10, period 5", 1, (), 10, 5),
+             ("layers x heads (2, 3, T, T), T=20, period 6", 2, (2, 3), 20, 6),
+             ("period 1 (every token equals the previous one)", 3, (2,), 8, 1)]
+    if hidden:
+        specs += [("H=8, T=64, period 32", 4, (8,), 64, 32)]
+    for name, seed, shape, T, period in specs:
+        attn = _causal_attn(seed, shape, T)
+        yield Case(name, (attn, period), expected=lambda a=attn, p=period: _ind_expected(a, p),
+                   compare=lambda e, g: compare_tensors(e, g, atol=1e-6, rtol=1e-5))
+
+
+def _ind_variant(attn, period, offset=1, first=None, reduce="mean"):
+    T = attn.shape[-1]
+    q = torch.arange(first if first is not None else period, T)
+    k = q - period + offset
+    keep = k >= 0
+    vals = attn[..., q[keep], k[keep]].double()
+    return vals.sum(-1) if reduce == "sum" else vals.mean(-1)
+
+
+register(Exercise(
+    id="ch09.induction_score", chapter=CH, title="Find the induction heads", points=2, name="induction_score",
+    signature="induction_score(attn: Tensor[..., T, T], period: int) -> Tensor[...]",
+    reference="the mean of the (period - 1)-th sub-diagonal (torch.diagonal), from query = period on",
+    solution=f"{SOL}:induction_score", cases=_ind_cases, difficulty="**",
+    mistakes=[
+        Mistake("duplicate-token", "you read attn[t, t - period], the earlier copy of the CURRENT token (a 'duplicate "
+                "token' head); an induction head attends to the token after it, t - period + 1",
+                lambda a, p: _ind_variant(a, p, offset=0)),
+        Mistake("previous-token", "you read attn[t, t - 1] (a previous-token head); an induction head attends to "
+                "t - period + 1", lambda a, p: _ind_variant(a, p, offset=p - 1)),
+        Mistake("early-queries", "you averaged over queries before the repeat starts too: only queries t >= period "
+                "have an earlier occurrence to look back to", lambda a, p: _ind_variant(a, p, first=p - 1)),
+        Mistake("sum", "you summed over the queries: take the mean", lambda a, p: _ind_variant(a, p, reduce="sum")),
+    ]))
