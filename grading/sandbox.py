@@ -158,7 +158,11 @@ def _bwrap_command(bwrap: str, bundle: Path, out_dir: Path, work: Path, uid: int
     for f in ("/etc/ld.so.cache", "/etc/localtime", "/etc/nsswitch.conf", "/etc/passwd", "/etc/group"):
         if os.path.exists(f):
             cmd += ["--ro-bind", f, f]
-    made = set()
+    # The private /tmp first: a venv or Python that lives under /tmp (a checkout in /tmp, say)
+    # is then bound on top of it instead of being hidden by it.
+    cmd += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(64 << 20), "--tmpfs", "/tmp",
+            "--perms", "1777", "--size", str(16 << 20), "--tmpfs", "/dev/shm"]
+    made = {"/tmp", "/dev", "/proc"}
     for target in list(prefixes):
         for anc in _ancestors(Path(target)):
             if anc not in made and not anc.startswith("/usr"):
@@ -168,8 +172,6 @@ def _bwrap_command(bwrap: str, bundle: Path, out_dir: Path, work: Path, uid: int
         if not p.startswith("/usr/"):
             cmd += ["--ro-bind", p, p]
     cmd += ["--ro-bind", str(bundle), "/grader"]
-    cmd += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(64 << 20), "--tmpfs", "/tmp",
-            "--perms", "1777", "--size", str(16 << 20), "--tmpfs", "/dev/shm"]
     cmd += ["--bind", str(work), "/sandbox", "--bind", str(out_dir), "/out"]
     if job is not None:
         cmd += ["--ro-bind", str(job), "/job.json"]

@@ -359,6 +359,8 @@ def main(job_path: str, out_dir: str) -> int:
         try:
             for base in ("/sandbox", "/tmp", "/dev/shm"):  # caches the set-up made as root
                 for root, dirs, files in os.walk(base):
+                    # not into read-only mounts (a venv that lives under /tmp is bound there)
+                    dirs[:] = [d for d in dirs if not os.path.ismount(os.path.join(root, d))]
                     for name in [root] + [os.path.join(root, f) for f in files]:
                         os.lchown(name, uid, uid)
             os.setgroups([])

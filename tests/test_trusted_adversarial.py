@@ -62,15 +62,23 @@ def test_the_suite_covers_the_attacks_the_issue_lists():
         assert needed in names, needed
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_adversarial_submission_gets_its_score(graded, case):
+def _unsupported(case) -> str | None:
+    """Why this machine's sandbox cannot stop this attack (then its score is not asserted)."""
     from grading.sandbox import isolation
 
     iso = isolation()
     if case.name in ("read-solutions", "read-gradebook") and iso["filesystem"] == "shared":
-        pytest.skip("needs the filesystem isolation of bubblewrap, unavailable here: " + "; ".join(iso["notes"]))
+        return "needs the filesystem isolation of bubblewrap, unavailable here: " + "; ".join(iso["notes"])
     if case.name == "network" and iso["network"] == "on":
-        pytest.skip("no network namespace here: " + "; ".join(iso["notes"]))
+        return "no network namespace here: " + "; ".join(iso["notes"])
+    return None
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_adversarial_submission_gets_its_score(graded, case):
+    reason = _unsupported(case)
+    if reason:
+        pytest.skip(reason)
     state = graded["states"][case.name]
     assert state is not None, f"{case.name} was not graded: " + "\n".join(graded["log"][-20:])
     result = state["notebooks"][f"{SLUG}.ipynb"]["result"]
@@ -88,7 +96,8 @@ def test_the_gradebook_holds_the_trusted_scores(graded):
     with Gradebook(course.db_url, course.course_id) as gb:
         for case in CASES:
             sub = gb.find_submission_notebook(SLUG, SLUG, f"adv-{case.name}")
-            assert sub.score == pytest.approx(case.total()), case.name
+            if not _unsupported(case):
+                assert sub.score == pytest.approx(case.total()), case.name
             assert sub.max_score == 7.0
 
 
