@@ -473,7 +473,7 @@ def sample_text(model: GPT, encode, decode, prompt: str = "\n", n: int = 200, te
 # through it), larger batches, a 10x higher peak learning rate with Adam's beta2 = 0.95,
 # a short warm-up and a floor at 1/100 of the peak.
 RECIPE_MODEL = dict(n_layer=2, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False)
-RECIPE = TrainConfig(steps=1300, batch_size=32, max_lr=1e-2, min_lr=1e-4, warmup=50, weight_decay=0.1,
+RECIPE = TrainConfig(steps=1600, batch_size=32, max_lr=1e-2, min_lr=1e-4, warmup=50, weight_decay=0.1,
                      betas=(0.9, 0.95), grad_clip=1.0)
 PRETRAINED_NAME = "shakespeare_char"
 
