@@ -226,6 +226,39 @@ class _ForbiddenProxy:
         self._refuse()
 
 
+def guard_calls(submission: Any, guard: Any) -> Any:
+    """``submission`` (a function or a class) with the context manager ``guard`` entered
+    during every call into it, and only then: a check's own set-up may use the references.
+    For a class, a subclass whose own methods (not those of torch and friends) are guarded.
+    Used by ``_Forbid`` here and by the trusted grader's sandbox."""
+
+    def guarded(fn):
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            with guard:
+                return fn(*args, **kwargs)
+        return call
+
+    if not isinstance(submission, type):
+        return guarded(submission)
+    attrs: dict[str, Any] = {}
+    for klass in submission.__mro__:
+        if klass.__module__.split(".")[0] in ("builtins", "torch", "transformers", "typing", "abc"):
+            continue
+        for name, member in vars(klass).items():
+            if name in attrs or (name.startswith("__") and name not in ("__init__", "__call__")):
+                continue
+            if isinstance(member, staticmethod):
+                attrs[name] = staticmethod(guarded(member.__func__))
+            elif isinstance(member, classmethod):
+                attrs[name] = classmethod(guarded(member.__func__))
+            elif inspect.isfunction(member):
+                attrs[name] = guarded(member)
+    attrs["__module__"] = submission.__module__
+    attrs["__qualname__"] = submission.__qualname__
+    return type(submission.__name__, (submission,), attrs)
+
+
 class _Forbid:
     """Replace forbidden objects wherever the submission can reach them, for one call.
 
@@ -318,33 +351,7 @@ class _Forbid:
 
     def wrap(self, submission: Any) -> Any:
         """The submission, with the guard switched on during every call into it."""
-        forbid = self
-
-        def guarded(fn):
-            @functools.wraps(fn)
-            def call(*args, **kwargs):
-                with forbid:
-                    return fn(*args, **kwargs)
-            return call
-
-        if not isinstance(submission, type):
-            return guarded(submission)
-        attrs: dict[str, Any] = {}
-        for klass in submission.__mro__:
-            if klass.__module__.split(".")[0] in ("builtins", "torch", "transformers", "typing", "abc"):
-                continue
-            for name, member in vars(klass).items():
-                if name in attrs or (name.startswith("__") and name not in ("__init__", "__call__")):
-                    continue
-                if isinstance(member, staticmethod):
-                    attrs[name] = staticmethod(guarded(member.__func__))
-                elif isinstance(member, classmethod):
-                    attrs[name] = classmethod(guarded(member.__func__))
-                elif inspect.isfunction(member):
-                    attrs[name] = guarded(member)
-        attrs["__module__"] = submission.__module__
-        attrs["__qualname__"] = submission.__qualname__
-        return type(submission.__name__, (submission,), attrs)
+        return guard_calls(submission, self)
 
 
 # --------------------------------------------------------------------------------------
