@@ -12,11 +12,11 @@ import os
 import sys
 
 from .core import (Case, CheckResult, Exercise, GradeResult, Mistake, catalogue, compare_equal,
-                   compare_float, compare_tensors, get, grade, register)
+                   compare_float, compare_tensors, get, grade, hidden_seed, inherit, register)
 
 __all__ = ["catalogue", "grade", "check", "fallback", "quick", "Exercise", "Case", "Mistake",
            "GradeResult", "CheckResult", "register", "get", "compare_tensors", "compare_equal",
-           "compare_float"]
+           "compare_float", "hidden_seed", "inherit"]
 
 
 def quick() -> bool:
@@ -30,9 +30,31 @@ def check(exercise_id: str, submission, hidden: bool = False) -> None:
     A pass goes to stdout; a failure goes to stderr, which is also what makes nbgrader
     give the test cell zero points (without a traceback to scroll through).
     """
+    shown = _sign_of_life(exercise_id)
     result = grade(exercise_id, submission, hidden=hidden)
+    if shown:
+        from IPython.display import clear_output
+
+        clear_output(wait=True)
     stream = sys.stdout if result.passed else sys.stderr
     print(result.feedback, file=stream, flush=True)
+
+
+def _sign_of_life(exercise_id: str) -> bool:
+    """In a notebook, say at once that the check runs (the first one loads the references);
+    the line is cleared when the report is printed."""
+    if "IPython" not in sys.modules:
+        return False
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+
+        if get_ipython() is None or not hasattr(get_ipython(), "kernel"):
+            return False
+        display({"text/plain": f"checking {exercise_id}..."}, raw=True)
+        return True
+    except Exception:
+        return False
 
 
 def fallback(submission, exercise_id: str):

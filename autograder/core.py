@@ -10,9 +10,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import hashlib
 import importlib
 import inspect
 import math
+import os
 import signal
 import sys
 import threading
@@ -55,6 +57,8 @@ class Case:
     compare: Callable[[Any, Any], str | None] | None = None
     run: Callable[..., Any] | None = None
     check_mutation: bool = True
+    group: str = ""  # checks of one group earn their share of the points together ("" = the whole exercise)
+    names: str = ""  # for a yes/no check of one property: the mistake its failure means by itself
 
 
 @dataclasses.dataclass
@@ -87,6 +91,56 @@ class Exercise:
 
 
 _REGISTRY: dict[str, Exercise] = {}
+
+
+# --------------------------------------------------------------------------------------
+# Hidden cases: drawn from a secret, per grading run
+# --------------------------------------------------------------------------------------
+_DEV_SECRET = "course-development"  # what the project's own tests and a learner's kernel use
+
+
+def hidden_secret() -> str:
+    """The secret the hidden cases are drawn from.
+
+    Only the instructor's machine holds the real one: ``COURSE_HIDDEN_SECRET`` (set by the
+    trusted grader from ``grading secret`` or the instructor's environment). Anywhere else
+    the hidden cases fall back to a development secret, so that the project's tests are
+    reproducible; a student release never carries the instructor's secret.
+    """
+    return os.environ.get("COURSE_HIDDEN_SECRET", "") or _DEV_SECRET
+
+
+def hidden_seed(*parts: object) -> int:
+    """A 31-bit seed for the randomness of a hidden case, derived from the secret.
+
+    Call it with anything that tells the cases of one exercise apart, e.g.
+    ``gen(hidden_seed("ch10.dpo_loss", 3))``. Builders of hidden cases must take every
+    random choice (values, shapes, lengths) from such seeds, never from a constant, so that
+    the inputs of a grading run cannot be computed from a release.
+    """
+    key = "\x1f".join([hidden_secret(), *map(str, parts)]).encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:4], "little") & 0x7FFFFFFF
+
+
+# --------------------------------------------------------------------------------------
+# Composite exercises inherit the diagnoses of their parts
+# --------------------------------------------------------------------------------------
+def inherit(part_id: str, compose: Callable[[Callable[..., Any]], Callable[..., Any]],
+            where: str | None = None) -> list[Mistake]:
+    """The mistakes of exercise ``part_id``, reproduced inside a composite exercise.
+
+    ``compose(part)`` returns what the composite computes when its part is ``part`` (a
+    function with the part exercise's signature); it is called once per mistake of the
+    part, with that mistake's ``produce``. The part must be declared before the composite
+    (an earlier chapter, or earlier in the same module). Example: multi-head attention
+    built on a scaled dot-product attention that forgot the 1/sqrt(d_k) is diagnosed as
+    "in your scaled_dot_product_attention: ...".
+    """
+    part = _REGISTRY.get(part_id)
+    if part is None:
+        raise ValueError(f"inherit: exercise {part_id!r} must be declared before the composite that uses it")
+    where = where or part.name
+    return [Mistake(f"{part_id}:{m.name}", f"in {where}: {m.message}", compose(m.produce)) for m in part.mistakes]
 
 
 def register(exercise: Exercise) -> Exercise:
@@ -137,6 +191,8 @@ class CheckResult:
     message: str = ""
     diagnosis: str = ""
     seconds: float = 0.0
+    hint: str = ""  # what the numbers suggest when no known mistake matches
+    group: str = ""
 
 
 @dataclasses.dataclass
@@ -176,8 +232,16 @@ class ForbiddenCall(BaseException):
 
 
 class _Timeout:
-    def __init__(self, seconds: float):
-        self.seconds = seconds
+    """Raises ``CaseTimeout`` in the main thread when a budget runs out.
+
+    With ``wall_factor``, ``seconds`` is a budget of CPU time (scaled by the threads torch
+    may use) and wall-clock time gets ``wall_factor`` times more: a correct but slow answer
+    is not failed because the machine is busy, while a loop that burns CPU, or one that
+    sleeps, is still stopped.
+    """
+
+    def __init__(self, seconds: float, wall_factor: float | None = None):
+        self.seconds, self.wall_factor = seconds, wall_factor
         self.active = False
 
     def _handler(self, signum, frame):
@@ -186,7 +250,11 @@ class _Timeout:
     def __enter__(self):
         if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
             self.previous = signal.signal(signal.SIGALRM, self._handler)
-            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+            wall = self.seconds * (self.wall_factor or 1.0)
+            signal.setitimer(signal.ITIMER_REAL, wall)
+            if self.wall_factor:
+                self.previous_prof = signal.signal(signal.SIGPROF, self._handler)
+                signal.setitimer(signal.ITIMER_PROF, self.seconds * max(1, torch.get_num_threads()))
             self.active = True
         return self
 
@@ -194,6 +262,9 @@ class _Timeout:
         if self.active:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, self.previous)
+            if self.wall_factor:
+                signal.setitimer(signal.ITIMER_PROF, 0)
+                signal.signal(signal.SIGPROF, self.previous_prof)
         return False
 
 
@@ -274,8 +345,15 @@ class _Forbid:
         self._codes: dict[Any, str] = {}
 
     def _targets(self):
+        self.pending = []
         for path in self.paths:
             module_name, _, attr = path.partition(":")
+            if module_name.split(".")[0] not in sys.modules:
+                # Not imported yet, so the learner's code cannot have a reference to it; if the
+                # call imports it, the case runs again with it resolved (see _run_case). This
+                # keeps a first check from importing transformers for a torch-only exercise.
+                self.pending.append(module_name)
+                continue
             try:
                 owner = resolve(f"{module_name}:{attr.rpartition('.')[0]}") if "." in attr else importlib.import_module(module_name)
                 name = attr.rpartition(".")[2]
@@ -368,9 +446,24 @@ def _fmt(x: Any, limit: int = 80) -> str:
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
+def _pair(e: float, g: float) -> str:
+    """'expected E, got G' with enough digits to show that they differ, and the difference."""
+    if math.isnan(e) or math.isnan(g) or math.isinf(e) or math.isinf(g):
+        return f"expected {e:.6g}, got {g:.6g}"
+    for digits in (6, 9, 12, 17):
+        a, b = f"{e:.{digits}g}", f"{g:.{digits}g}"
+        if a != b:
+            break
+    return f"expected {a}, got {b} (difference {g - e:.3g})"
+
+
 def compare_tensors(expected: torch.Tensor, got: Any, atol: float = 1e-5, rtol: float = 1e-4,
                     check_dtype: bool = False) -> str | None:
-    """None when ``got`` is a tensor close to ``expected``; otherwise what differs."""
+    """None when ``got`` is a tensor close to ``expected``; otherwise what differs.
+
+    Infinities must match exactly (a masked logit is -inf); NaN never matches anything,
+    not even NaN: an answer (or a reproduced mistake) that is NaN explains nothing.
+    """
     if not isinstance(got, torch.Tensor):
         return f"expected a torch.Tensor of shape {tuple(expected.shape)}, got {type(got).__name__}: {_fmt(got)}"
     if tuple(got.shape) != tuple(expected.shape):
@@ -386,29 +479,39 @@ def compare_tensors(expected: torch.Tensor, got: Any, atol: float = 1e-5, rtol: 
         return f"could not read the tensor you returned: {exc}"
     if e.numel() == 0:
         return None
-    g_nan, e_nan = torch.isnan(g), torch.isnan(e)
-    if bool((g_nan & ~e_nan).any()):
-        idx = tuple(int(i) for i in torch.nonzero(g_nan & ~e_nan)[0])
+    if bool(torch.isnan(e).any()):
+        idx = tuple(int(i) for i in torch.nonzero(torch.isnan(e))[0])
+        return f"the value to compare with is NaN at index {idx}: it cannot be matched"
+    g_nan = torch.isnan(g)
+    if bool(g_nan.any()):
+        idx = tuple(int(i) for i in torch.nonzero(g_nan)[0])
         where = f"has NaN at index {idx}" if idx else "is NaN"
         return f"your result {where} (expected {float(e[idx]):.6g})"
     g_inf = torch.isinf(g) & ~torch.isinf(e)
     if bool(g_inf.any()):
         idx = tuple(int(i) for i in torch.nonzero(g_inf)[0])
-        return f"your result has {float(g[idx])} at index {idx} (expected {float(e[idx]):.6g}): an overflow?"
-    both_inf_ok = (torch.isinf(e) & (g == e)) | (e_nan & g_nan)
-    diff = (g - e).abs()
-    bad = (diff > atol + rtol * e.abs()) & ~both_inf_ok
-    bad = bad | (torch.isinf(e) & (g != e))
+        at = f"at index {idx}" if idx else ""
+        if float(g[idx]) < 0:
+            return (f"your result has -inf {at} where a finite value was expected ({float(e[idx]):.6g}): "
+                    f"{int(g_inf.sum())} position(s) masked or filtered out that should be kept")
+        return f"your result has inf {at} (expected {float(e[idx]):.6g}): an overflow?"
+    e_inf = torch.isinf(e) & ~(g == e)
+    if bool(e_inf.any()):
+        idx = tuple(int(i) for i in torch.nonzero(e_inf)[0])
+        at = f"at index {idx}" if idx else ""
+        return (f"expected {float(e[idx])} {at} (a position masked or filtered out), got {float(g[idx]):.6g}: "
+                f"{int(e_inf.sum())} position(s) kept that should be removed")
+    finite = torch.isfinite(e)
+    diff = torch.where(finite, (g - e).abs(), torch.zeros_like(e))
+    bad = (diff > atol + rtol * torch.where(finite, e.abs(), torch.zeros_like(e)))
     if not bool(bad.any()):
         return None
     idx = tuple(int(i) for i in torch.nonzero(bad)[0])
-    finite = diff[~both_inf_ok & torch.isfinite(diff)]
-    worst = float(finite.max()) if finite.numel() else float("inf")
+    worst = float(diff.max())
     n_bad, n = int(bad.sum()), bad.numel()
     where = f"index {idx}" if idx else "the value"
-    return (f"values differ at {n_bad} of {n} positions; first at {where}: expected "
-            f"{float(e[idx]):.6g}, got {float(g[idx]):.6g} (max abs difference {worst:.3g}, "
-            f"tolerance atol={atol:g}, rtol={rtol:g})")
+    return (f"values differ at {n_bad} of {n} positions; first at {where}: {_pair(float(e[idx]), float(g[idx]))}; "
+            f"max abs difference {worst:.3g}, tolerance atol={atol:g}, rtol={rtol:g}")
 
 
 def compare_equal(expected: Any, got: Any) -> str | None:
@@ -454,10 +557,12 @@ def compare_float(expected: float, got: Any, atol: float = 1e-6, rtol: float = 1
         got = got.item()
     if isinstance(got, bool) or not isinstance(got, (int, float)):
         return f"expected a number, got {type(got).__name__}: {_fmt(got)}"
-    if math.isnan(got):
-        return f"expected {expected:.6g}, got NaN"
+    if math.isnan(got) or math.isnan(expected):
+        return f"expected {expected:.6g}, got {got:.6g}" + (": NaN never matches" if math.isnan(expected) else "")
+    if math.isinf(expected) or math.isinf(got):
+        return None if got == expected else f"expected {expected:.6g}, got {got:.6g}"
     if not abs(got - expected) <= atol + rtol * abs(expected):
-        return f"expected {expected:.6g}, got {got:.6g} (tolerance atol={atol:g}, rtol={rtol:g})"
+        return f"{_pair(float(expected), float(got))} (tolerance atol={atol:g}, rtol={rtol:g})"
     return None
 
 
@@ -504,19 +609,33 @@ def _describe_exception(exc: BaseException, limit: int = 3) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
-def _run_case(ex: Exercise, case: Case, submission: Any) -> CheckResult:
+def _run_case(ex: Exercise, case: Case, submission: Any, diagnoser: "Diagnoser | None" = None) -> CheckResult:
     t0 = time.perf_counter()
     args, kwargs = copy.deepcopy(case.args), copy.deepcopy(case.kwargs)
     before = (_snapshot(args), _snapshot(kwargs)) if case.check_mutation else None
     # Resolve the forbidden objects (which may import a large library) before the clock starts.
-    forbid = _Forbid(ex.forbidden + [ex.solution], submission).prepare()
-    guarded = forbid.wrap(submission)
+    for attempt in range(2):
+        forbid = _Forbid(ex.forbidden + [ex.solution], submission).prepare()
+        guarded = forbid.wrap(submission)
+        try:
+            with _Timeout(CASE_TIMEOUT_S, wall_factor=6.0):
+                if case.run is not None:
+                    got = case.run(guarded, *args, **kwargs)
+                else:
+                    got = guarded(*args, **kwargs)
+        except BaseException as exc:
+            outcome = exc
+        else:
+            outcome = None
+        if attempt == 0 and any(m.split(".")[0] in sys.modules for m in forbid.pending):
+            # The call imported a library that holds a forbidden function: run it again, guarded.
+            args, kwargs = copy.deepcopy(case.args), copy.deepcopy(case.kwargs)
+            before = (_snapshot(args), _snapshot(kwargs)) if case.check_mutation else None
+            continue
+        break
     try:
-        with _Timeout(CASE_TIMEOUT_S):
-            if case.run is not None:
-                got = case.run(guarded, *args, **kwargs)
-            else:
-                got = guarded(*args, **kwargs)
+        if outcome is not None:
+            raise outcome
     except NotImplementedError:
         return CheckResult(case.name, False, "not implemented yet (the function still raises NotImplementedError)",
                            seconds=time.perf_counter() - t0)
@@ -524,8 +643,8 @@ def _run_case(ex: Exercise, case: Case, submission: Any) -> CheckResult:
         return CheckResult(case.name, False, f"your code calls {exc.args[0]}, which this exercise asks you to "
                            "build yourself: write it without that call", seconds=time.perf_counter() - t0)
     except CaseTimeout:
-        return CheckResult(case.name, False, f"still running after {CASE_TIMEOUT_S:g} s: an infinite loop, or far "
-                           "too slow an algorithm", seconds=time.perf_counter() - t0)
+        return CheckResult(case.name, False, f"still running after {CASE_TIMEOUT_S:g} s of CPU time: an infinite "
+                           "loop, or far too slow an algorithm", seconds=time.perf_counter() - t0)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # SystemExit, RecursionError, MemoryError, anything the learner raised
@@ -543,20 +662,213 @@ def _run_case(ex: Exercise, case: Case, submission: Any) -> CheckResult:
     except Exception as exc:  # the returned object broke the comparison (wrong type, odd __eq__)
         problem = f"could not compare your result ({type(got).__name__}): {_describe_exception(exc)}"
     if problem is None:
-        return CheckResult(case.name, True, seconds=time.perf_counter() - t0)
-    diagnosis = _diagnose(ex, case, got, compare if case.expected else default_compare)
-    return CheckResult(case.name, False, problem, diagnosis, seconds=time.perf_counter() - t0)
+        return CheckResult(case.name, True, seconds=time.perf_counter() - t0, group=case.group)
+    compare = compare if case.expected else default_compare
+
+    def produce_for(i):
+        a, k = copy.deepcopy(case.args), copy.deepcopy(case.kwargs)
+        produce = ex.mistakes[i].produce
+        return case.run(produce, *a, **k) if case.run else produce(*a, **k)
+
+    diagnosis = diagnoser.name(compare, expected, got, produce_for) if diagnoser else ""
+    diagnosis = diagnosis or named_by_case(ex, case)
+    hint = "" if diagnosis else numeric_hint(expected, got)
+    return CheckResult(case.name, False, problem, diagnosis, seconds=time.perf_counter() - t0, hint=hint,
+                       group=case.group)
 
 
-def _diagnose(ex: Exercise, case: Case, got: Any, compare) -> str:
-    for mistake in ex.mistakes:
-        try:
-            args, kwargs = copy.deepcopy(case.args), copy.deepcopy(case.kwargs)
-            produced = case.run(mistake.produce, *args, **kwargs) if case.run else mistake.produce(*args, **kwargs)
-            if compare(produced, got) is None:
-                return mistake.message
-        except Exception:
-            continue
+DIAGNOSIS_BUDGET_S = 4.0  # time one exercise may spend reproducing mistakes, beyond the checks themselves
+
+
+def _has_nan(x: Any, depth: int = 0) -> bool:
+    if depth > 20:
+        return False
+    if isinstance(x, torch.Tensor):
+        return x.is_floating_point() and bool(torch.isnan(x).any())
+    if isinstance(x, float):
+        return math.isnan(x)
+    if isinstance(x, (list, tuple)):
+        return any(_has_nan(v, depth + 1) for v in x)
+    if isinstance(x, dict):
+        return any(_has_nan(v, depth + 1) for v in x.values())
+    return False
+
+
+def explains(compare, expected: Any, produced: Any, got: Any) -> bool:
+    """Whether a mistake that returns ``produced`` explains the learner's ``got``.
+
+    Only an informative reproduction counts: not NaN (NaN explains nothing), not a bare
+    yes/no (every failure of a consistency check is a "no"), and not indistinguishable from
+    the right answer on this case.
+    """
+    if produced is None or isinstance(produced, bool):
+        return False
+    try:
+        if _has_nan(produced):
+            return _nan_match(compare, produced, got)
+        if expected is not None and compare(expected, produced) is None:
+            return False
+        return compare(produced, got) is None
+    except Exception:
+        return False
+
+
+def _nan_match(compare, produced: Any, got: Any) -> bool:
+    """A reproduction with NaN explains an answer only with NaN at exactly the same places
+    and the same finite values elsewhere (never a finite wrong answer)."""
+    if isinstance(produced, float):
+        return isinstance(got, float) and math.isnan(got)
+    if not (isinstance(produced, torch.Tensor) and isinstance(got, torch.Tensor)) or produced.shape != got.shape:
+        return False
+    if not got.is_floating_point():
+        return False
+    p_nan, g_nan = torch.isnan(produced), torch.isnan(got)
+    if not torch.equal(p_nan, g_nan):
+        return False
+    keep = ~p_nan
+    return not bool(keep.any()) or compare(produced[keep], got[keep]) is None
+
+
+class Diagnoser:
+    """Names the mistake behind a wrong answer, across the checks of one exercise.
+
+    Reproducing mistakes costs time (a slow trainer run once per mistake), so it runs within
+    ``DIAGNOSIS_BUDGET_S`` per exercise; a mistake that already explained one check is tried
+    first on the next, and one that failed to run is not tried again.
+    """
+
+    def __init__(self, mistakes: list[Mistake], budget: float = DIAGNOSIS_BUDGET_S):
+        self.mistakes, self.budget = list(mistakes), budget
+        self.spent, self.broken, self.named = 0.0, set(), []
+
+    def name(self, compare, expected: Any, got: Any, produce_for: Callable[[int], Any]) -> str:
+        order = sorted(range(len(self.mistakes)), key=lambda i: (i not in self.named, i))
+        for i in order:
+            if i in self.broken:
+                continue
+            left = self.budget - self.spent
+            if left <= 0:
+                return ""
+            t0 = time.perf_counter()
+            try:
+                with _Timeout(left):
+                    produced = produce_for(i)
+            except (Exception, CaseTimeout):
+                self.broken.add(i)
+                produced = None
+            finally:
+                self.spent += time.perf_counter() - t0
+            if produced is _FAILED:
+                self.broken.add(i)
+                continue
+            if explains(compare, expected, produced, got):
+                if i not in self.named:
+                    self.named.append(i)
+                return self.mistakes[i].message
+        return ""
+
+
+_FAILED = object()
+
+
+def named_by_case(ex: Exercise, case: Case) -> str:
+    """The message of the mistake a failed yes/no check names by itself (``Case.names``)."""
+    if not case.names:
+        return ""
+    for m in ex.mistakes:
+        if m.name == case.names:
+            return m.message
+    raise ValueError(f"{ex.id}: case {case.name!r} names an undeclared mistake {case.names!r}")
+
+
+# --------------------------------------------------------------------------------------
+# Hints from the numbers, when no known mistake matches
+# --------------------------------------------------------------------------------------
+def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4, atol: float = 1e-6) -> bool:
+    return a.shape == b.shape and bool(torch.isfinite(a).all()) and bool(
+        ((a - b).abs() <= atol + rtol * b.abs()).all())
+
+
+def numeric_hint(expected: Any, got: Any) -> str:
+    """A sentence saying how ``got`` relates to ``expected`` when the relation is simple:
+    a power, a constant factor that the shapes suggest, a sign, a transposition, a shift by
+    one position, or agreement on a slice. Empty when nothing simple fits."""
+    try:
+        return _numeric_hint(expected, got)
+    except Exception:
+        return ""
+
+
+def _as_tensor(x: Any) -> torch.Tensor | None:
+    if isinstance(x, torch.Tensor) and not x.is_complex():
+        return x.detach().to(torch.float64).cpu()
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return torch.tensor(float(x), dtype=torch.float64)
+    return None
+
+
+def _numeric_hint(expected: Any, got: Any) -> str:
+    e, g = _as_tensor(expected), _as_tensor(got)
+    if e is None or g is None or e.numel() == 0 or not bool(torch.isfinite(e).all()):
+        return ""
+    if not bool(torch.isfinite(g).all()):
+        return ""
+    if e.shape != g.shape:
+        if e.dim() >= 2 and g.shape == e.transpose(-2, -1).shape and _close(g, e.transpose(-2, -1)):
+            return "your result is the expected one transposed (the last two dimensions swapped)"
+        if g.numel() == e.numel() and _close(g.reshape(-1), e.reshape(-1)):
+            return f"the values are right but arranged in shape {tuple(g.shape)}; expected {tuple(e.shape)}"
+        return ""
+    if e.dim() >= 2 and e.shape[-1] == e.shape[-2] and _close(g, e.transpose(-2, -1)):
+        return "your result is the expected one transposed (the last two dimensions swapped)"
+    if _close(g, -e):
+        return "your result has the opposite sign everywhere"
+    if _close(g, e * e):
+        return "your result is the expected value squared (a square root missing?)"
+    if bool((e >= 0).all()) and _close(g, e.sqrt()):
+        return "your result is the square root of the expected value (a square too few, or one sqrt too many?)"
+    nz = e.abs() > 1e-12
+    if bool(nz.any()):
+        ratios = (g[nz] / e[nz])
+        r = float(ratios.median())
+        if r != 0 and math.isfinite(r) and abs(r - 1) > 1e-3 and _close(g, e * r):
+            return f"your result is the expected one multiplied by {r:.6g}{_name_factor(r, e.shape)}"
+    if e.dim() >= 1:
+        for d in range(e.dim()):
+            n = e.shape[d]
+            if n < 3:
+                continue
+            a_ = g.narrow(d, 1, n - 1)
+            b_ = e.narrow(d, 0, n - 1)
+            if _close(a_, b_):
+                return f"your values are shifted by one position along dimension {d} (one step late: an off-by-one)"
+            if _close(g.narrow(d, 0, n - 1), e.narrow(d, 1, n - 1)):
+                return f"your values are shifted by one position along dimension {d} (one step early: an off-by-one)"
+        ok = (g - e).abs() <= 1e-6 + 1e-4 * e.abs()
+        n_ok = int(ok.sum())
+        if 0 < n_ok < ok.numel():
+            for d in range(e.dim()):
+                per = ok.transpose(0, d).reshape(e.shape[d], -1).all(dim=1)
+                if bool(per.any()) and not bool(per.all()):
+                    right = [int(i) for i in torch.nonzero(per).flatten()[:6]]
+                    more = "..." if int(per.sum()) > 6 else ""
+                    return (f"your values are right for index {right}{more} along dimension {d} and wrong for the "
+                            f"other {int((~per).sum())}: look at what differs between those slices")
+            return f"your values are right at {n_ok} of {ok.numel()} positions"
+    return ""
+
+
+def _name_factor(r: float, shape) -> str:
+    """' (= sqrt(64): ...)' when the factor is one the shapes suggest."""
+    candidates = [(2.0, "2"), (0.5, "1/2"), (math.log(2), "ln 2: nats vs bits?"), (1 / math.log(2), "1/ln 2: bits vs nats?")]
+    for n in sorted(set(int(x) for x in shape if int(x) > 1)):
+        candidates += [(float(n), f"{n}, a dimension of the result"), (1 / n, f"1/{n}, one over a dimension"),
+                       (math.sqrt(n), f"sqrt({n})"), (1 / math.sqrt(n), f"1/sqrt({n})"),
+                       (n / (n - 1), f"{n}/{n - 1}: the unbiased (n-1) vs biased (n) convention?"),
+                       ((n - 1) / n, f"{n - 1}/{n}: the biased (n) vs unbiased (n-1) convention?")]
+    for value, label in candidates:
+        if abs(r - value) <= 1e-4 * abs(value):
+            return f" (= {label})"
     return ""
 
 
@@ -576,15 +888,31 @@ def grade(exercise_id: str, submission: Any, hidden: bool = False) -> GradeResul
             cases = list(ex.cases(hidden))
         except Exception as exc:  # a broken declaration is our bug, not the learner's: say so
             raise RuntimeError(f"the cases of {exercise_id} could not be built: {exc}") from exc
+        diagnoser = Diagnoser(ex.mistakes)
         for case in cases:
-            checks.append(_run_case(ex, case, submission))
+            checks.append(_run_case(ex, case, submission, diagnoser))
+            checks[-1].group = case.group
             if checks[-1].message.startswith("not implemented yet"):
                 break
     passed = bool(checks) and all(c.passed for c in checks)
     status = "not-implemented" if checks and checks[-1].message.startswith("not implemented") else "graded"
-    result = GradeResult(ex.id, ex.title, passed, ex.points if passed else 0.0, ex.points, checks, status=status)
+    score = 0.0 if status == "not-implemented" else score_by_groups(ex.points, [(c.group, c.passed) for c in checks])
+    result = GradeResult(ex.id, ex.title, passed, score, ex.points, checks, status=status)
     result.feedback = format_feedback(ex, result)
     return result
+
+
+def score_by_groups(points: float, checks: list[tuple[str, bool]]) -> float:
+    """The scoring policy: an exercise's points are shared equally by its check groups, and
+    a group earns its share only when every check in it passes. Checks without a group form
+    one group, so an exercise that declares no groups is all or nothing."""
+    if not checks:
+        return 0.0
+    groups: dict[str, bool] = {}
+    for group, ok in checks:
+        groups[group] = groups.get(group, True) and bool(ok)
+    share = points / len(groups)
+    return round(sum(share for ok in groups.values() if ok), 6)
 
 
 def format_feedback(ex: Exercise, result: GradeResult) -> str:
@@ -597,8 +925,19 @@ def format_feedback(ex: Exercise, result: GradeResult) -> str:
             lines.append(f"  {mark} {c.name}" + ("" if c.passed else f": {c.message}"))
             if c.diagnosis:
                 lines.append(f"       likely mistake: {c.diagnosis}")
-    n_ok = sum(c.passed for c in result.checks)
-    verdict = "all checks passed" if result.passed else f"{n_ok} of {len(result.checks)} checks passed"
-    lines.append(f"  => {verdict}: {result.score:g}/{result.max_score:g} points"
-                 + ("" if result.passed else f" (checked against {ex.reference})"))
+            elif c.hint:
+                lines.append(f"       what the numbers say: {c.hint}")
+    lines.append(verdict_line(ex, result.passed, result.score, [(c.group, c.passed) for c in result.checks]))
     return "\n".join(lines)
+
+
+def verdict_line(ex: Exercise, passed: bool, score: float, checks: list[tuple[str, bool]]) -> str:
+    """The last line of a report: checks passed, points, and the rule that gave them."""
+    n_ok = sum(ok for _, ok in checks)
+    if passed:
+        return f"  => all checks passed: {score:g}/{ex.points:g} points"
+    groups = sorted({g for g, _ in checks})
+    rule = ("points come only when every check passes" if len(groups) <= 1 else
+            f"the points are shared by {len(groups)} groups of checks; a group counts when all its checks pass")
+    return (f"  => {n_ok} of {len(checks)} checks passed: {score:g}/{ex.points:g} points ({rule}; checked against "
+            f"{ex.reference})")

@@ -34,6 +34,8 @@ class Check:
     passed: bool
     message: str = ""
     diagnosis: str = ""
+    hint: str = ""
+    group: str = ""
 
 
 @dataclasses.dataclass
@@ -357,6 +359,7 @@ class TrustedGrader:
         cases = trusted_cases(ex.id, self.hidden)
         checks: list[Check] = []
         status = None
+        diagnoser = core.Diagnoser(ex.mistakes)
         for k, case in enumerate(cases):
             row = rows[k] if k < len(rows) and isinstance(rows[k], dict) else None
             if row is None:
@@ -384,9 +387,10 @@ class TrustedGrader:
                 checks.append(Check(case.name, False, f"returned something the grader cannot receive ({msg}); "
                                     "return tensors, numbers, strings, lists, tuples or dicts"))
             elif st == "ok":
-                checks.append(self._check_value(ex, k, case, row, tensors))
+                checks.append(self._check_value(ex, k, case, row, tensors, diagnoser))
             else:
                 checks.append(Check(case.name, False, "unreadable result"))
+            checks[-1].group = case.group
         passed = bool(checks) and all(c.passed for c in checks)
         if status is None:
             status = "passed" if passed else "failed"
@@ -394,15 +398,15 @@ class TrustedGrader:
             status = "forbidden"
         return self._result(ex, status, checks, notes)
 
-    def _check_value(self, ex, k, case, row, tensors) -> Check:
+    def _check_value(self, ex, k, case, row, tensors, diagnoser) -> Check:
         try:
             got = codec.decode(row.get("value"), tensors)
         except (codec.DecodeError, RecursionError, ValueError, TypeError) as exc:
             return Check(case.name, False, f"the returned value could not be read ({exc})")
-        if case.check_mutation and "args_after" in row:
+        if case.check_mutation and "args_after" in row and "args_before" in row:
             try:
                 after = codec.decode(row["args_after"], tensors)
-                before = _roundtrip([list(case.args), dict(case.kwargs)])
+                before = codec.decode(row["args_before"], tensors)
                 if not _same_data(before, after):
                     return Check(case.name, False, "your function changed its inputs in place; leave them "
                                  "untouched (work on a copy)")
@@ -420,25 +424,24 @@ class TrustedGrader:
             problem = f"could not compare your result ({type(got).__name__}): {type(exc).__name__}: {exc}"
         if problem is None:
             return Check(case.name, True)
-        diagnosis = ""
-        for m, mistake in enumerate(ex.mistakes):
-            produced = mistake_value(ex.id, self.hidden, k, m)
-            if produced is _FAILED:
-                continue
-            try:
-                if compare(produced, got) is None:
-                    diagnosis = mistake.message
-                    break
-            except Exception:
-                continue
-        return Check(case.name, False, str(problem)[:600], diagnosis)
+        def produce_for(m):
+            value = mistake_value(ex.id, self.hidden, k, m)
+            return core._FAILED if value is _FAILED else value
+
+        diagnosis = diagnoser.name(compare, expected, got, produce_for) or core.named_by_case(ex, case)
+        hint = "" if diagnosis else core.numeric_hint(expected, got)
+        return Check(case.name, False, str(problem)[:600], diagnosis, hint[:300])
 
     def _result(self, ex, status: str, checks: list[Check], notes: list[str]) -> ExerciseResult:
         passed = status == "passed" and not any(n.startswith("your code") or "not allowed" in n for n in notes)
         if not passed and status == "passed":
             status = "forbidden"
-        r = ExerciseResult(ex.id, ex.title, float(ex.points) if passed else 0.0, float(ex.points), status, checks,
-                           notes)
+        cheated = any(n.startswith("your code") or "not allowed" in n for n in notes)
+        if status in ("passed", "failed") and not cheated:
+            score = core.score_by_groups(float(ex.points), [(c.group, c.passed) for c in checks])
+        else:
+            score = 0.0
+        r = ExerciseResult(ex.id, ex.title, score, float(ex.points), status, checks, notes)
         r.feedback = format_feedback(ex, r)
         return r
 
@@ -462,7 +465,12 @@ def format_feedback(ex: core.Exercise, r: ExerciseResult) -> str:
             lines.append(f"  {'PASS' if c.passed else 'FAIL'} {c.name}" + ("" if c.passed else f": {c.message}"))
             if c.diagnosis:
                 lines.append(f"       likely mistake: {c.diagnosis}")
+            elif c.hint:
+                lines.append(f"       what the numbers say: {c.hint}")
     n_ok = sum(c.passed for c in r.checks)
+    if r.status == "failed":
+        lines.append(core.verdict_line(ex, False, r.score, [(c.group, c.passed) for c in r.checks]))
+        return "\n".join(lines)
     verdict = "all checks passed" if r.status == "passed" else (
         f"{n_ok} of {len(r.checks)} checks passed" if r.status in ("failed", "not-implemented") else
         {"forbidden": "a forbidden call or construct was found", "crashed": "your code stopped the grader",

@@ -421,6 +421,16 @@ def main(job_path: str, out_dir: str) -> int:
                     t0 = time.perf_counter()
                     try:
                         args, kwargs = deepcopy(case.args), deepcopy(case.kwargs)
+                        if case.check_mutation:
+                            # The inputs as this process built them, to compare with the same
+                            # objects after the call: inputs rebuilt in another process may
+                            # differ in the last bit (threads, load) without any mutation.
+                            try:
+                                tree, ts = codec.encode([list(args), kwargs], prefix=f"c{k}b")
+                                row["args_before"] = tree
+                                tensors.update(ts)
+                            except BaseException:  # noqa: BLE001
+                                pass
                         guarded = guard.wrap(submission)
                         with Timer(case_timeout):
                             if case.run is not None:

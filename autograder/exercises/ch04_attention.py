@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core import Case, Exercise, Mistake, register
+from ..core import Case, Exercise, Mistake, inherit, register
 from .ch03_embeddings import ContractError, gen, load_by_name, tensors
 
 CH = "ch04"
@@ -283,6 +283,21 @@ def _mha_mistake(kind):
     return type(f"MHA_{kind}", (_MHAMistake,), {"kind": kind})
 
 
+def _mha_with(sdpa):
+    """Multi-head attention, right in every way except its scaled dot-product attention."""
+
+    class MHAWithPart(_MHAMistake):
+        def forward(self, x, key_padding_mask=None):
+            B, T, d = x.shape
+            q, k, v = (t.view(B, T, self.n_heads, self.d_head).transpose(1, 2).double()
+                       for t in self.qkv(x).split(d, dim=-1))
+            mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
+            y = sdpa(q, k, v, **_mask_kwargs(mask, self.causal))
+            return self.proj(y.transpose(1, 2).reshape(B, T, d).to(x.dtype))
+
+    return MHAWithPart
+
+
 register(Exercise(
     id="ch04.multi_head_attention", chapter=CH, title="Multi-head attention (GPT-2 layout)", points=3,
     name="MultiHeadAttention",
@@ -310,6 +325,7 @@ register(Exercise(
                 _mha_mistake("not-causal")),
         Mistake("padding-inverted", "the key padding mask is inverted: True marks a REAL token to keep (the "
                 "opposite of nn.MultiheadAttention's key_padding_mask)", _mha_mistake("padding-inverted")),
+        *inherit("ch04.scaled_dot_product_attention", _mha_with),
     ]))
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core import Case, Exercise, Mistake, compare_tensors, register
+from ..core import Case, Exercise, Mistake, compare_tensors, inherit, register
 
 CH = "ch05"
 SOL = "solutions.ch05_block"
@@ -549,6 +549,22 @@ def _block_mistake(kind):
     return lambda d, n_heads, eps=1e-5: _BlockMistake(d, n_heads, eps, kind)
 
 
+def _block_with(part: str):
+    """compose() for inherit: a right block whose LayerNorms, MLP or attention is ``part_factory``."""
+    def compose(part_factory):
+        def make(d, n_heads, eps=1e-5):
+            block = _BlockMistake(d, n_heads, eps, "")
+            if part == "ln":
+                block.ln_1, block.ln_2 = part_factory(d, eps), part_factory(d, eps)
+            elif part == "mlp":
+                block.mlp = part_factory(d, 4 * d)
+            else:
+                block.attn = part_factory(d, n_heads, causal=True)
+            return block
+        return make
+    return compose
+
+
 register(Exercise(
     id="ch05.block", chapter=CH, title="The pre-norm Transformer block", points=2, name="Block",
     signature="Block(d_model, n_heads, eps=1e-5); forward(x: Tensor[B, T, d]) -> Tensor[B, T, d]; "
@@ -567,4 +583,7 @@ register(Exercise(
                 "MLP)", _block_mistake("shared-ln")),
         Mistake("not-causal", "your attention is not causal: each position may only attend to itself and the past "
                 "(MultiHeadAttention(d_model, n_heads) with causal=True)", _block_mistake("not-causal")),
+        *inherit("ch05.layer_norm", _block_with("ln"), where="the block's LayerNorm"),
+        *inherit("ch05.mlp", _block_with("mlp"), where="the block's MLP"),
+        *inherit("ch04.multi_head_attention", _block_with("attn"), where="the block's attention"),
     ]))

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core import Exercise, Mistake, compare_equal, compare_tensors, register
+from ..core import Exercise, Mistake, compare_equal, compare_tensors, inherit, register
 from .ch05_block import case
 
 CH = "ch06"
@@ -227,7 +227,7 @@ def _gpt_cases(hidden: bool):
         yield case(name, (spec, idx), run=_gpt_run, expected=lambda s=spec, i=idx: _hf_logits(s, i),
                    compare=_tensors(2e-4, 1e-4))
     yield case("lm_head.weight is embed.tok.weight (tied, one shared Parameter)", ("A",), run=_gpt_tied_run,
-               expected=lambda: True)
+               expected=lambda: True, names="untied")
 
 
 class _GPTMistake(GraderGPT):
@@ -251,6 +251,16 @@ def _gpt_mistake(kind):
     return lambda config: _GPTMistake(config, kind)
 
 
+def _gpt_with_blocks(block_factory):
+    """compose() for inherit: a right GPT whose blocks come from ``block_factory``."""
+    def make(config):
+        model = GraderGPT(config)
+        model.blocks = nn.ModuleList([block_factory(config.n_embd, config.n_head, config.eps)
+                                      for _ in range(config.n_layer)])
+        return model
+    return make
+
+
 register(Exercise(
     id="ch06.gpt", chapter=CH, title="The GPT model", points=2, name="GPT",
     signature="GPT(config); forward(idx: Tensor[B, T] int64) -> logits Tensor[B, T, vocab]; "
@@ -268,6 +278,7 @@ register(Exercise(
                 _gpt_mistake("probabilities")),
         Mistake("untied", "lm_head has its own weight: tie it with self.lm_head.weight = self.embed.tok.weight, so "
                 "one (V, d) Parameter serves as input and output embedding (as in GPT-2)", _gpt_mistake("untied")),
+        *inherit("ch05.block", _gpt_with_blocks, where="your model's blocks"),
     ]))
 
 

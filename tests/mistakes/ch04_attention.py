@@ -295,3 +295,35 @@ def gqa_one_kv_head(q, k, v, mask=None, is_causal=False):
 def gqa_forgets_the_mask(q, k, v, mask=None, is_causal=False):
     group = q.shape[1] // k.shape[1]
     return _sdpa(q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1))
+
+
+# -- multi-head attention built on a faulty scaled dot-product attention ---------------------
+# (the part's mistakes, named inside the composite)
+def _my_attention(q, k, v, key_padding_mask, causal, *, softmax_dim=-1, fill=float("-inf")):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    T = q.shape[-2]
+    if causal:
+        scores = scores.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), fill)
+    if key_padding_mask is not None:
+        scores = scores.masked_fill(~key_padding_mask[:, None, None, :], fill)
+    return torch.softmax(scores, dim=softmax_dim) @ v
+
+
+@wrong("ch04.multi_head_attention", diagnosis="ch04.scaled_dot_product_attention:softmax-wrong-axis")
+class MHASoftmaxOverQueries(_Base):
+    def forward(self, x, key_padding_mask=None):
+        B, T, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=2)
+        q, k, v = (t.view(B, T, self.n_heads, self.d_head).transpose(1, 2) for t in (q, k, v))
+        y = _my_attention(q, k, v, key_padding_mask, self.causal, softmax_dim=-2)
+        return self.proj(y.transpose(1, 2).reshape(B, T, d))
+
+
+@wrong("ch04.multi_head_attention", diagnosis="ch04.scaled_dot_product_attention:masked-with-zero")
+class MHAMaskedWithZero(_Base):
+    def forward(self, x, key_padding_mask=None):
+        B, T, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=2)
+        q, k, v = (t.view(B, T, self.n_heads, self.d_head).transpose(1, 2) for t in (q, k, v))
+        y = _my_attention(q, k, v, key_padding_mask, self.causal, fill=0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, T, d))

@@ -320,3 +320,50 @@ class BlockParallel(nn.Module):
 
     def forward(self, x):
         return x + self.attn(self.ln_1(x)) + self.mlp(self.ln_2(x))
+
+
+# -- blocks built on a faulty part (the part's mistake is named inside the block) ------------
+class _ExactGeluMLP(nn.Module):
+    def __init__(self, d, h):
+        super().__init__()
+        self.fc, self.proj = nn.Linear(d, h), nn.Linear(h, d)
+
+    def forward(self, x):
+        return self.proj(F.gelu(self.fc(x)))  # erf GELU, nn.GELU()'s default
+
+
+class _UnbiasedLN(nn.Module):
+    def __init__(self, d, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight, self.bias = nn.Parameter(torch.ones(d)), nn.Parameter(torch.zeros(d))
+
+    def forward(self, x):
+        mu, var = x.mean(-1, keepdim=True), x.var(-1, keepdim=True)
+        return (x - mu) / torch.sqrt(var + self.eps) * self.weight + self.bias
+
+
+@wrong("ch05.block", diagnosis="ch05.mlp:erf-gelu")
+class BlockExactGelu(nn.Module):
+    def __init__(self, d_model, n_heads, eps=1e-5):
+        super().__init__()
+        self.ln_1, self.ln_2 = _LN(d_model, eps), _LN(d_model, eps)
+        self.attn = MultiHeadAttention(d_model, n_heads)
+        self.mlp = _ExactGeluMLP(d_model, 4 * d_model)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+@wrong("ch05.block", diagnosis="ch05.layer_norm:unbiased-variance")
+class BlockUnbiasedNorm(nn.Module):
+    def __init__(self, d_model, n_heads, eps=1e-5):
+        super().__init__()
+        self.ln_1, self.ln_2 = _UnbiasedLN(d_model, eps), _UnbiasedLN(d_model, eps)
+        self.attn = MultiHeadAttention(d_model, n_heads)
+        self.mlp = _GoodMLP(d_model, 4 * d_model)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))

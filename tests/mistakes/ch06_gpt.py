@@ -541,3 +541,33 @@ def generate_global_rng(model, idx, max_new_tokens, temperature=0.0, top_k=None,
             idx = torch.cat([idx, nxt], dim=1)
             new = nxt
     return idx
+
+
+# -- GPTs built on faulty blocks (the block's mistakes, and its parts', named in the model) ---
+def _gpt_with(block_cls):
+    class GPTWithBlocks(nn.Module):
+        def __init__(self, config):
+            super().__init__()
+            self.config = config
+            self.embed = TokenAndPositionEmbedding(config.vocab_size, config.block_size, config.n_embd)
+            self.blocks = nn.ModuleList([block_cls(config.n_embd, config.n_head, config.eps)
+                                         for _ in range(config.n_layer)])
+            self.ln_f = LayerNorm(config.n_embd, config.eps)
+            self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+            self.lm_head.weight = self.embed.tok.weight
+
+        def forward(self, idx):
+            x = self.embed(idx)
+            for block in self.blocks:
+                x = block(x)
+            return self.lm_head(self.ln_f(x))
+
+    GPTWithBlocks.__name__ = f"GPTWith{block_cls.__name__}"
+    return GPTWithBlocks
+
+
+from .ch05_block import BlockBidirectional, BlockExactGelu, BlockPostNorm  # noqa: E402
+
+wrong("ch06.gpt", diagnosis="ch05.block:post-norm")(_gpt_with(BlockPostNorm))
+wrong("ch06.gpt", diagnosis="ch05.block:ch05.mlp:erf-gelu")(_gpt_with(BlockExactGelu))
+wrong("ch06.gpt", diagnosis="ch05.block:not-causal")(_gpt_with(BlockBidirectional))
