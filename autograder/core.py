@@ -7,6 +7,7 @@ is compared with, the cases, the typical mistakes it can name, and the calls it 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -99,6 +100,19 @@ _REGISTRY: dict[str, Exercise] = {}
 _DEV_SECRET = "course-development"  # what the project's own tests and a learner's kernel use
 
 
+_SECRET_OVERRIDE: list[str] = []
+
+
+@contextlib.contextmanager
+def using_secret(secret: str):
+    """Build hidden cases from ``secret`` inside the block (the trusted grader's run secret)."""
+    _SECRET_OVERRIDE.append(secret)
+    try:
+        yield
+    finally:
+        _SECRET_OVERRIDE.pop()
+
+
 def hidden_secret() -> str:
     """The secret the hidden cases are drawn from.
 
@@ -107,6 +121,8 @@ def hidden_secret() -> str:
     the hidden cases fall back to a development secret, so that the project's tests are
     reproducible; a student release never carries the instructor's secret.
     """
+    if _SECRET_OVERRIDE:
+        return _SECRET_OVERRIDE[-1]
     return os.environ.get("COURSE_HIDDEN_SECRET", "") or _DEV_SECRET
 
 
@@ -636,7 +652,9 @@ def _run_case(ex: Exercise, case: Case, submission: Any, diagnoser: "Diagnoser |
     try:
         if outcome is not None:
             raise outcome
-    except NotImplementedError:
+    except NotImplementedError as exc:
+        if exc.args:  # torch's "... not implemented for 'Float'" is an error of the code, not a stub
+            return CheckResult(case.name, False, f"raised {_describe_exception(exc)}", seconds=time.perf_counter() - t0)
         return CheckResult(case.name, False, "not implemented yet (the function still raises NotImplementedError)",
                            seconds=time.perf_counter() - t0)
     except ForbiddenCall as exc:

@@ -320,3 +320,33 @@ def load_tensors(path, max_bytes: int) -> dict[str, torch.Tensor]:
         if str(v.dtype) not in _DTYPES:
             raise DecodeError(f"tensor {k!r} has an unsupported dtype {v.dtype}")
     return tensors
+
+
+def pack(value, prefix: str = "in") -> dict:
+    """``value`` as one JSON-able dict, tensors included (safetensors bytes, base64): how the
+    grader hands the inputs of the checks to the sandbox inside its job file."""
+    from safetensors.torch import save
+
+    tree, tensors = encode(value, prefix=prefix)
+    blob = save({k: v.contiguous() for k, v in tensors.items()}) if tensors else b""
+    return {"tree": tree, "tensors": base64.b64encode(blob).decode("ascii")}
+
+
+def unpack(packed: dict):
+    from safetensors.torch import load
+
+    blob = base64.b64decode(packed.get("tensors", "") or b"")
+    return decode(packed["tree"], load(blob) if blob else {})
+
+
+def contains_opaque(value, depth: int = 0) -> bool:
+    """Whether a decoded value holds something that could not travel as data."""
+    if depth > MAX_DEPTH:
+        return True
+    if isinstance(value, Opaque):
+        return True
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(contains_opaque(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return any(contains_opaque(k, depth + 1) or contains_opaque(v, depth + 1) for k, v in value.items())
+    return False

@@ -12,6 +12,8 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
+import secrets
 import tempfile
 import time
 from pathlib import Path
@@ -97,10 +99,37 @@ _MISTAKES: dict = {}
 _FAILED = object()
 
 
+def case_inputs(ex_id: str, hidden: bool) -> dict | None:
+    """The inputs of every check of an exercise, packed as data for the sandbox.
+
+    The grader builds the cases (hidden ones from the secret that only this process holds)
+    and sends their inputs; the sandbox calls the learner's code on exactly these. None when
+    an input cannot travel as plain data (a model object): the sandbox then builds that
+    exercise's inputs itself, from the visible contract.
+    """
+    key = ("inputs", ex_id, hidden)
+    if key not in _CASES:
+        value = [[list(c.args), dict(c.kwargs)] for c in trusted_cases(ex_id, hidden)]
+        try:
+            packed = codec.pack(value, prefix="in")
+            ok = not codec.contains_opaque(codec.unpack(packed))
+        except Exception:
+            ok = False
+        _CASES[key] = packed if ok else None
+    return _CASES[key]
+
+
+# The secret the hidden cases of this grading run are drawn from. It never leaves this
+# process: the sandbox receives the inputs it produced, as data. Set COURSE_HIDDEN_SECRET
+# to grade again on the same hidden inputs (docs/instructors.md).
+RUN_SECRET = os.environ.get("COURSE_HIDDEN_SECRET", "") or secrets.token_hex(16)
+
+
 def trusted_cases(ex_id: str, hidden: bool) -> list:
     key = (ex_id, hidden)
     if key not in _CASES:
-        _CASES[key] = list(core.get(ex_id).cases(hidden))
+        with core.using_secret(RUN_SECRET):
+            _CASES[key] = list(core.get(ex_id).cases(hidden))
     return _CASES[key]
 
 
@@ -249,7 +278,9 @@ class TrustedGrader:
         max_attempts = len(cells) + len(self.exercises) + 2
         while pending and attempts < max_attempts:
             attempts += 1
+            inputs = {x: case_inputs(x, self.hidden) for x in pending}
             job = {"cells": job_cells, "exercises": pending, "hidden": self.hidden,
+                   "inputs": {x: v for x, v in inputs.items() if v is not None},
                    "skip_cells": sorted(fatal_cells), "case_timeout": self.limits.case_timeout,
                    "cell_timeout": self.limits.cell_timeout, "output_cap": self.limits.output_cap}
             attempt = sandbox.run_attempt(self.bundle, job, self.limits, n_cases, len(cells), self.tmp_root)

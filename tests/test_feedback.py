@@ -259,3 +259,15 @@ def test_points_are_shared_by_check_groups():
     ex = _exercise([Case("a1", (X,), expected=lambda: X.sqrt()), Case("b1", (X,), expected=lambda: X * 0)])
     r = _grade(ex, lambda x: x.sqrt())
     assert r.score == 0 and "points come only when every check passes" in r.feedback
+
+
+def test_a_library_not_implemented_error_is_an_error_not_a_stub():
+    ex = _exercise([Case("c1", (X,), expected=lambda: X.sqrt()), Case("c2", (X,), expected=lambda: X.sqrt())])
+    r = _grade(ex, lambda x: torch.bincount(x.flatten()))  # bincount refuses floats with NotImplementedError
+    assert r.status == "graded" and "not implemented yet" not in r.feedback
+    assert "NotImplementedError" in r.feedback and r.feedback.count("FAIL") == 2
+
+    def stub(x):
+        raise NotImplementedError()
+
+    assert _grade(ex, stub).status == "not-implemented"

@@ -873,6 +873,35 @@ def _sampling_consistency_run(fn, spec, idx, n_new):
     return bool(torch.equal(outs[0], outs[1]) and torch.equal(outs[0][:, :idx.shape[1]], idx))
 
 
+def _filtered_sampling_run(fn, spec, idx, n_new, top_k, top_p):
+    g = torch.Generator().manual_seed(4321)
+    return fn(grader_gpt(spec), idx, n_new, temperature=1.0, top_k=top_k, top_p=top_p, use_cache=True, generator=g)
+
+
+def _within_top_k(spec, prompt_len, k):
+    """compare() for a sampled sequence: every new token is among the k most likely ones
+    given the tokens before it (the grader recomputes the logits with the reference model)."""
+    def compare(expected, got):
+        if not isinstance(got, torch.Tensor) or got.dim() != 2 or got.shape[1] <= prompt_len:
+            return f"expected a (B, T + max_new_tokens) tensor of token ids, got {_fmt_obj(got)}"
+        got = got.long()
+        with torch.no_grad():
+            logits = hf_model(spec)(got[:, :-1]).logits
+        kth = logits.topk(k, dim=-1).values[..., -1:]
+        ranks_ok = logits.gather(-1, got[:, 1:, None]) >= kth
+        bad = (~ranks_ok[:, prompt_len - 1:, 0]).nonzero()
+        if bad.numel():
+            b, t = (int(v) for v in bad[0])
+            return (f"{bad.shape[0]} sampled token(s) are outside the top {k}; first in row {b} at new position {t} "
+                    f"(token {int(got[b, prompt_len + t])}): top_k must remove every other token before sampling")
+        return None
+    return compare
+
+
+def _fmt_obj(x):
+    return f"{type(x).__name__} of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+
+
 def _generate_cases(hidden: bool):
     _import_hf()
     specs = [("greedy with the cache, 2 prompts of 5 tokens, 12 new (2 layers)", "A", 40, 2, 5, 12, True),
@@ -888,6 +917,18 @@ def _generate_cases(hidden: bool):
                    compare=lambda e, g: compare_tensors(e, g, atol=0, rtol=0))
     yield case("sampling (T=0.9, top-k 20, top-p 0.95) with a seeded generator: the cache changes nothing",
                ("A", _prompt(44, 2, 4, 120), 10), run=_sampling_consistency_run, expected=lambda: True)
+    # Filters that leave one token make sampling greedy: a generate that ignores them samples freely.
+    yield case("sampling with top_k=1 picks the most likely token every time (= greedy)",
+               ("A", _prompt(45, 2, 4, 120), 10, 1, None), run=_filtered_sampling_run,
+               expected=lambda: _hf_generate_cached("A", 45, 2, 4, 10),
+               compare=lambda e, g: compare_tensors(e, g, atol=0, rtol=0), names="filters-ignored")
+    yield case("sampling with top_p=1e-9 keeps only the most likely token (= greedy)",
+               ("A", _prompt(46, 2, 4, 120), 10, None, 1e-9), run=_filtered_sampling_run,
+               expected=lambda: _hf_generate_cached("A", 46, 2, 4, 10),
+               compare=lambda e, g: compare_tensors(e, g, atol=0, rtol=0), names="filters-ignored")
+    yield case("sampling with top_k=5, 4 rows x 24 tokens: every sampled token is among the 5 most likely",
+               ("A", _prompt(47, 4, 3, 120), 24, 5, None), run=_filtered_sampling_run, expected=lambda: None,
+               compare=_within_top_k("A", 3, 5), names="filters-ignored")
 
 
 def _generate_mistake(kind):
@@ -905,7 +946,9 @@ def _generate_mistake(kind):
                 if temperature == 0:
                     nxt = logits.argmax(-1, keepdim=True)
                 else:
-                    probs = torch.softmax(_hf_process(logits, temperature, top_k, top_p), -1)
+                    filtered = (_hf_process(logits, temperature, None, None) if kind == "filters-ignored"
+                                else _hf_process(logits, temperature, top_k, top_p))
+                    probs = torch.softmax(filtered, -1)
                     nxt = torch.multinomial(probs, 1, generator=generator)
                 idx = torch.cat([idx, nxt], 1)
                 new = nxt
@@ -927,4 +970,7 @@ register(Exercise(
         Mistake("prompt-not-cached", "the prompt never went into the cache: start with one forward_with_cache on the "
                 "WHOLE prompt (the prefill), not only its last token", _generate_mistake("prompt-not-cached")),
         Mistake("one-short", "you generated max_new_tokens - 1 tokens", _generate_mistake("one-short")),
+        Mistake("filters-ignored", "when sampling, top_k and top_p must filter the logits (after the temperature) "
+                "before the softmax: with top_k=1, or a tiny top_p, only the most likely token may come out",
+                _generate_mistake("filters-ignored")),
     ]))

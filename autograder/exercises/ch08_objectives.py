@@ -395,6 +395,13 @@ def _analyse_call(tokens, sentinels, inputs, targets, n_noise_want, n_spans_want
         return ("empty-span", "a sentinel in your targets is followed by no token: every span hides at least one"), None, None
     if any(a in sset and b in sset for a, b in zip(inputs, inputs[1:])):
         return ("adjacent", "two sentinels are adjacent in your inputs: two spans that touch are one span"), None, None
+    # T5's layout on every call, not only in the statistics: kept, noise, kept, ..., noise.
+    if mask and mask[0]:
+        return ("opens-with-span", "a span opens the sequence (its first token is hidden): T5's layout starts with "
+                "a kept run, so the first token is never hidden"), None, None
+    if mask and not mask[-1]:
+        return ("ends-kept", "the sequence ends with kept tokens: T5's layout ends with a noise span, so the last "
+                "token is always hidden"), None, None
     return None, mask, spans
 
 

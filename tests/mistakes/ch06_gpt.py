@@ -571,3 +571,21 @@ from .ch05_block import BlockBidirectional, BlockExactGelu, BlockPostNorm  # noq
 wrong("ch06.gpt", diagnosis="ch05.block:post-norm")(_gpt_with(BlockPostNorm))
 wrong("ch06.gpt", diagnosis="ch05.block:ch05.mlp:erf-gelu")(_gpt_with(BlockExactGelu))
 wrong("ch06.gpt", diagnosis="ch05.block:not-causal")(_gpt_with(BlockBidirectional))
+
+
+@wrong("ch06.generate", diagnosis="filters-ignored")
+def generate_temperature_only(model, idx, max_new_tokens, temperature=0.0, top_k=None, top_p=None,
+                              use_cache=True, generator=None):
+    """Samples from softmax(logits / T), but never applies top_k or top_p."""
+    caches = [_Cache() for _ in model.blocks]
+    new = idx
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            logits = _fwd(model, new, caches)[:, -1] if use_cache else model(idx)[:, -1]
+            if temperature == 0:
+                nxt = logits.argmax(-1, keepdim=True)
+            else:
+                nxt = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator)
+            idx = torch.cat([idx, nxt], dim=1)
+            new = nxt
+    return idx

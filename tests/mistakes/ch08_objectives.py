@@ -397,3 +397,25 @@ def cross_attention_heads_split_wrong(x, memory, memory_mask, w_q, w_k, w_v, w_o
     v = (memory @ w_v.T).view(B, n_heads, Tk, -1)
     s = (q @ k.transpose(-2, -1)).masked_fill(~memory_mask.bool()[:, None, None, :], float("-inf"))
     return (torch.softmax(s, -1) @ v).reshape(B, Tq, -1) @ w_o.T
+
+
+@wrong("ch08.span_corruption", diagnosis=None)
+def span_corruption_rarely_opens_with_noise(tokens, sentinel_ids, noise_density=0.15, mean_span_length=3.0,
+                                             generator=None):
+    # T5's counts and random lengths, but now and then the runs are laid out noise first:
+    # right in the statistics, wrong on the calls where the first token is hidden.
+    noise, keep = _spans_t5_like(len(tokens), noise_density, mean_span_length, generator)
+    noise_first = float(torch.rand(1, generator=generator)) < 0.04
+    runs = []
+    for a, b in zip(keep, noise):
+        runs += [("noise", b), ("keep", a)] if noise_first else [("keep", a), ("noise", b)]
+    inputs, targets, i, k = [], [], 0, 0
+    for kind, length in runs:
+        if kind == "keep":
+            inputs += tokens[i:i + length]
+        else:
+            inputs.append(sentinel_ids[k])
+            targets += [sentinel_ids[k]] + tokens[i:i + length]
+            k += 1
+        i += length
+    return inputs, targets + [sentinel_ids[k]]
