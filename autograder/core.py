@@ -618,9 +618,11 @@ def _describe_exception(exc: BaseException, limit: int = 3) -> str:
     tb = traceback.extract_tb(exc.__traceback__)
     here = str(Path(__file__).resolve().parent)
     user = [f for f in tb if not str(Path(f.filename).resolve()).startswith(here)]
+    # The learner's own frame (a notebook cell), not the library line where the error surfaced.
+    own = [f for f in user if "site-packages" not in f.filename and "/lib/python3" not in f.filename]
     where = ""
-    if user:
-        f = user[-1]
+    if own or user:
+        f = (own or user)[-1]
         where = f" (line {f.lineno}: {f.line.strip()})" if f.line else f" (line {f.lineno})"
     return f"{type(exc).__name__}: {exc}{where}"
 

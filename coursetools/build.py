@@ -144,9 +144,13 @@ def stale() -> list[str]:
             if want != have:
                 problems.append(str(rel))
         student = student_path(ch)
-        if student.exists() and not any(c.get("outputs") for c in nbformat.read(student, as_version=4).cells
-                                        if c.cell_type == "code"):
-            problems.append(f"{_rel(student)} (no outputs: run `python -m coursetools generate --run`)")
+        if student.exists():
+            nb = nbformat.read(student, as_version=4)
+            if not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"):
+                problems.append(f"{_rel(student)} (no outputs: run `python -m coursetools generate --run`)")
+            else:
+                problems += [f"{_rel(student)} ({p}: run `python -m coursetools generate --run {ch.chapter}`)"
+                             for p in stale_check_outputs(nb)]
     known = {f"{c.slug}.ipynb" for c in all_chapters}
     for path in sorted(CHAPTERS_DIR.glob("*.ipynb")):
         if path.name not in known:
@@ -171,3 +175,35 @@ def build_book(quick: bool = False, log=print) -> int:
     cmd = [str(jb), "build", str(ROOT), "--all", "-W", "--keep-going"]
     log(" ".join(cmd))
     return subprocess.call(cmd, cwd=ROOT)
+
+
+def stale_check_outputs(nb: nbformat.NotebookNode) -> list[str]:
+    """Check cells whose saved report no longer matches the exercise's declaration: its
+    title, points and visible checks (a check added, renamed or removed since the run)."""
+    from autograder.core import get
+
+    problems = []
+    for cell in nb.cells:
+        meta = cell.get("metadata", {}).get("course", {})
+        if meta.get("role") != "check":
+            continue
+        ex = get(meta["exercise"])
+        text = "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+        lines = text.splitlines()
+        header = f"{ex.id}: {ex.title} ({ex.points:g} point{'s' if ex.points != 1 else ''})"
+        names = []
+        for ln in lines:
+            if ln.startswith("  PASS "):
+                names.append(ln[len("  PASS "):])
+            elif ln.startswith("  FAIL "):
+                names.append(ln[len("  FAIL "):].split(": ", 1)[0])
+        want = [c.name for c in ex.cases(False)]
+        if not lines or lines[0] != header:
+            problems.append(f"the check of {ex.id} shows {lines[0] if lines else 'nothing'!r}, not {header!r}")
+        elif names != want:
+            extra = [n for n in names if n not in want]
+            missing = [n for n in want if n not in names]
+            problems.append(f"the check of {ex.id} lists other checks than the exercise has"
+                            + (f"; not declared: {extra[0]!r}" if extra else "")
+                            + (f"; not shown: {missing[0]!r}" if missing else ""))
+    return problems

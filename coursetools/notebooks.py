@@ -104,6 +104,12 @@ def _module_imports(module) -> str:
     return "\n".join(lines)
 
 
+REFERENCE_RUN_NOTE = (
+    "```{note}\nThe outputs on this page come from a run of the course's reference solutions, so every check "
+    "reports that its exercise passes. In your copy of the notebook each exercise starts as "
+    "`raise NotImplementedError()`, and its check says so until you have written it.\n```")
+
+
 def _cell_id(slug: str, index: int, kind: str) -> str:
     return hashlib.sha1(f"{slug}:{index}:{kind}".encode()).hexdigest()[:12]
 
@@ -137,7 +143,10 @@ def build(ch: Chapter, edition: str, repo_url: str = "") -> nbformat.NotebookNod
     seen_first_heading = False
     for block in ch.blocks:
         if block.kind == "markdown":
-            add("markdown", block.text)
+            text = block.text
+            if not seen_first_heading and edition == "student":
+                text += "\n\n" + REFERENCE_RUN_NOTE
+            add("markdown", text)
             if not seen_first_heading:
                 seen_first_heading = True
                 add("code", SETUP.replace(REPO_URL_PLACEHOLDER, repo_url) + "\n" + _module_imports(module),

@@ -186,9 +186,11 @@ def build_program(source: SourceInfo, submission: dict) -> tuple[list[Cell], lis
         notes.append(f"this notebook says it is chapter {claimed.get('chapter')} "
                      f"({claimed.get('slug', '?')}), but the assignment is {source.slug}")
     answered = set()
+    n_code = 0
     for i, cell in enumerate(submission.get("cells", [])):
         if cell.get("cell_type") != "code":
             continue
+        n_code += 1
         text = _text(cell)
         if not text.strip():
             continue
@@ -208,10 +210,13 @@ def build_program(source: SourceInfo, submission: dict) -> tuple[list[Cell], lis
             exercise = _answer_exercise(source, cid, gid)
         if exercise:
             answered.add(exercise)
-            label = f"your answer to {exercise} (cell {i + 1})"
-            cells.append(Cell(i, text, "answer", label, exercise))
+            cells.append(Cell(i, text, "answer", f"your answer to {exercise}", exercise))
         else:
-            cells.append(Cell(i, text, "added", f"cell {i + 1} of your notebook"))
+            # Named by what it holds: cell numbers that count markdown cells help nobody.
+            first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+            first = first if len(first) <= 50 else first[:47] + "..."
+            cells.append(Cell(i, text, "added", f"your code cell {n_code} (counting code cells; it starts "
+                                                 f"with {first!r})"))
     return cells, notes
 
 

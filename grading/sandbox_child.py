@@ -233,10 +233,13 @@ def _install_stub_autograder():
 def _describe(exc: BaseException) -> str:
     tb = traceback.extract_tb(exc.__traceback__)
     user = [f for f in tb if not f.filename.startswith(BUNDLE)]
+    # The learner's own frame (a notebook cell), not the library line where the error surfaced.
+    own = [f for f in user if "site-packages" not in f.filename and "/lib/python3" not in f.filename]
     where = ""
-    if user:
-        f = user[-1]
-        where = f" (line {f.lineno}: {f.line.strip()})" if f.line else f" (line {f.lineno})"
+    if own or user:
+        f = (own or user)[-1]
+        of = " of your code" if own else ""
+        where = f" (line {f.lineno}{of}: {f.line.strip()})" if f.line else f" (line {f.lineno}{of})"
     try:
         text = str(exc)
     except Exception:

@@ -66,3 +66,22 @@ def test_solution_bodies_are_replaced_by_stubs():
     source = answer_source(f, "nbgrader")
     assert "y = x + 1" not in student and "raise NotImplementedError()" in student and '"""Doc."""' in student
     assert "### BEGIN SOLUTION\n    y = x + 1\n    return y\n    ### END SOLUTION" in source
+
+
+def test_stale_detection_reads_the_saved_check_reports():
+    ch = CHAPTERS[0]
+    nb = nbformat.read(build.student_path(ch), as_version=4)
+    assert not build.stale_check_outputs(nb)
+    check = next(c for c in nb.cells if c.metadata.get("course", {}).get("role") == "check")
+    out = check.outputs[0]
+    lines = out["text"].splitlines()
+    out["text"] = "\n".join(lines[:1] + ["  PASS a case that no longer exists"] + lines[1:]) + "\n"
+    problems = build.stale_check_outputs(nb)
+    assert problems and "not declared: 'a case that no longer exists'" in problems[0]
+
+
+def test_the_book_says_its_outputs_come_from_the_reference_run():
+    for ch in CHAPTERS:
+        nb = nbformat.read(build.student_path(ch), as_version=4)
+        first = next(c for c in nb.cells if c.cell_type == "markdown")
+        assert "reference solutions" in first.source, ch.slug
