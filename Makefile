@@ -32,7 +32,7 @@ book-quick: $(STAMP)
 # Debian package; without it the sandbox falls back to rlimits and a clean environment, and
 # says so), JupyterHub and configurable-http-proxy for the hub round trip.
 test: $(STAMP) $(TEST_STAMP)
-	HF_HUB_OFFLINE=1 COURSE_QUICK=1 GRADING_HUB=1 $(PY) -m pytest -q tests
+	HF_HUB_OFFLINE=1 COURSE_QUICK=1 GRADING_HUB=1 $(PY) -m pytest -q --durations=15 tests
 
 test-tools: $(TEST_STAMP)
 

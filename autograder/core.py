@@ -573,8 +573,10 @@ def compare_float(expected: float, got: Any, atol: float = 1e-6, rtol: float = 1
         got = got.item()
     if isinstance(got, bool) or not isinstance(got, (int, float)):
         return f"expected a number, got {type(got).__name__}: {_fmt(got)}"
-    if math.isnan(got) or math.isnan(expected):
-        return f"expected {expected:.6g}, got {got:.6g}" + (": NaN never matches" if math.isnan(expected) else "")
+    if math.isnan(got):
+        return f"expected {expected:.6g}, got NaN"
+    if math.isnan(expected):
+        return f"the value to compare with is NaN: it cannot be matched (got {got:.6g})"
     if math.isinf(expected) or math.isinf(got):
         return None if got == expected else f"expected {expected:.6g}, got {got:.6g}"
     if not abs(got - expected) <= atol + rtol * abs(expected):

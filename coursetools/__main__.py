@@ -3,7 +3,7 @@
     generate [CHAPTER ...] [--run] [--quick]   write chapters/, nbgrader/source/, build/solutions/, _toc.yml
     check                                      list generated files that are stale (exit 1 if any)
     book [--quick]                             execute every chapter, then build the static book
-    nbgrader CHAPTER ... [--course-dir DIR]    nbgrader course tree, release and validation
+    nbgrader CHAPTER ... [--course-dir DIR] [--exchange DIR]   nbgrader course tree, release, validation
 """
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ def main(argv=None) -> int:
     n.add_argument("chapters", nargs="+")
     n.add_argument("--course-dir", type=Path, default=Path("course"))
     n.add_argument("--course-id", default="llm-course")
+    n.add_argument("--exchange", type=Path, default=None,
+                   help="nbgrader's exchange directory (c.Exchange.root), shared with the students")
     args = p.parse_args(argv)
 
     from . import build
@@ -46,7 +48,7 @@ def main(argv=None) -> int:
         return build.build_book(quick=args.quick)
     if args.cmd == "nbgrader":
         from .nbgrader_course import make_course
-        make_course(args.chapters, args.course_dir, args.course_id)
+        make_course(args.chapters, args.course_dir, args.course_id, exchange=args.exchange)
         return 0
     return 2
 

@@ -47,14 +47,23 @@ def vendor(dest: Path, chapter_number: int) -> None:
 
 
 def make_course(names: list[str], course_dir: Path, course_id: str = "llm-course", release: bool = True,
-                log=print) -> list[Path]:
+                log=print, exchange: Path | None = None) -> list[Path]:
     course_dir = Path(course_dir).resolve()
     course_dir.mkdir(parents=True, exist_ok=True)
-    (course_dir / "nbgrader_config.py").write_text(CONFIG.format(course_id=course_id, root=course_dir))
-    generate(names)  # make sure the nbgrader sources are current
+    config = CONFIG.format(course_id=course_id, root=course_dir)
+    if exchange is not None:
+        exchange = Path(exchange).resolve()
+        exchange.mkdir(parents=True, exist_ok=True)
+        config += f'c.Exchange.root = r"{exchange}"\n'
+    (course_dir / "nbgrader_config.py").write_text(config)
+    log(f"course {course_id} in {course_dir}" + (f", exchange {exchange}" if exchange else
+                                                "; no --exchange given: nbgrader's default exchange"))
+    log("building the nbgrader sources of " + ", ".join(names) + " ...")
+    generate(names, log=lambda *a: None)  # make sure the nbgrader sources are current
     released = []
     for name in names:
         ch = chapter(name)
+        log(f"{ch.slug}: source notebook and course code ...")
         src_dir = course_dir / "source" / ch.slug
         if src_dir.exists():
             shutil.rmtree(src_dir)
@@ -63,8 +72,10 @@ def make_course(names: list[str], course_dir: Path, course_id: str = "llm-course
         vendor(src_dir, ch.number)
         if not release:
             continue
+        log(f"{ch.slug}: nbgrader generate_assignment ...")
         run(nbgrader_cmd() + ["generate_assignment", ch.slug, "--force"], course_dir, log)
         notebook = course_dir / "release" / ch.slug / f"{ch.slug}.ipynb"
+        log(f"{ch.slug}: nbgrader validate --invert (every check must fail on the untouched release) ...")
         run(nbgrader_cmd() + ["validate", "--invert", str(notebook)], course_dir, log)
         released.append(notebook)
         log(f"released {ch.slug}: {notebook}")

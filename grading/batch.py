@@ -66,10 +66,35 @@ def _grade_student(student: str) -> dict:
     for name, grader in graders.items():
         path = course.submission(student, assignment, name)
         digest = _digest(path)
-        result = grader.grade(path)
+        try:
+            result = grader.grade(path)
+        except Exception as exc:  # noqa: BLE001  (a grader bug on odd input: never leave an old grade)
+            result = grader.not_graded(path, f"the grader failed on this notebook ({type(exc).__name__}: {exc})")
         write_autograded(course, assignment, student, grader.source, grader.source_path, result)
         out["notebooks"][name] = {"sha256": digest, "result": result.to_dict()}
     out["finished"] = time.time()
+    return out
+
+
+def _not_graded_state(course: Course, assignment: str, student: str, infos: dict, reason: str) -> dict:
+    """A state whose every notebook is "not graded: reason" with zero points."""
+    from autograder import core
+
+    from .grader import ExerciseResult
+
+    out = {"student": student, "notebooks": {}, "started": time.time(), "finished": time.time()}
+    for name, info in infos.items():
+        exercises = []
+        for ex_id in info.exercises:
+            ex = core.get(ex_id)
+            exercises.append(ExerciseResult(ex.id, ex.title, 0.0, float(ex.points), "not-graded", [], [
+                f"not graded: {reason}"], feedback=f"{ex.id}: not graded: {reason}"))
+        result = SubmissionResult(notebook=name, chapter=info.chapter, slug=info.slug, sha256="",
+                                  score=0.0, max_score=sum(e.max_score for e in exercises), exercises=exercises,
+                                  notes=[f"not graded: {reason}"], isolation="", attempts=0, seconds=0.0,
+                                  sandbox_cpu_s=0.0)
+        path = course.submission(student, assignment, name)
+        out["notebooks"][name] = {"sha256": _digest(path), "result": result.to_dict()}
     return out
 
 
@@ -172,9 +197,10 @@ def grade_assignment(course_dir: Path, assignment: str, students: list[str] | No
                             s = running.pop(fut)
                             try:
                                 state = fut.result()
-                            except Exception as exc:  # a grader bug: report, keep going with the others
+                            except Exception as exc:  # the worker died: record "not graded", keep going
                                 log(f"{s}: grading failed: {type(exc).__name__}: {exc}")
-                                continue
+                                state = _not_graded_state(course, assignment, s, infos,
+                                                          f"the grading worker failed ({type(exc).__name__})")
                             state["recorded"] = False
                             _write_atomic(sdir / f"{s}.json", state)
                             record(state)

@@ -301,6 +301,22 @@ def decode(tree, tensors: dict[str, torch.Tensor]):
     return _Decoder(tensors)(tree)
 
 
+def load_tensor_bytes(data: bytes, max_bytes: int) -> dict[str, torch.Tensor]:
+    """Tensors from safetensors bytes already read (size-capped; no code is run)."""
+    from safetensors.torch import load
+
+    if len(data) > max_bytes:
+        raise DecodeError(f"result file of {len(data)} bytes is over the {max_bytes}-byte limit")
+    try:
+        tensors = load(data)
+    except Exception as exc:
+        raise DecodeError(f"unreadable tensor file: {exc}") from None
+    for k, v in tensors.items():
+        if str(v.dtype) not in _DTYPES:
+            raise DecodeError(f"tensor {k!r} has an unsupported dtype {v.dtype}")
+    return tensors
+
+
 def load_tensors(path, max_bytes: int) -> dict[str, torch.Tensor]:
     """Read a safetensors file written in the sandbox (size-capped; no code is run)."""
     import os

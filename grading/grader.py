@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import secrets
 import tempfile
 import time
@@ -23,7 +24,7 @@ import torch
 from autograder import core
 
 from . import codec, sandbox
-from .program import NotebookError, build_program, load_source, read_submission
+from .program import NotebookError, build_program, load_source, read_submission, source_role
 from .static import analyse
 
 MAX_RESULT_JSON = 32 << 20
@@ -125,6 +126,32 @@ def case_inputs(ex_id: str, hidden: bool) -> dict | None:
 RUN_SECRET = os.environ.get("COURSE_HIDDEN_SECRET", "") or secrets.token_hex(16)
 
 
+def _experiment_globals(source) -> set[str]:
+    """Names that the chapter's own code cells (experiments, not answers) define at top level."""
+    import ast
+
+    names: set[str] = set()
+    for cell in source.notebook.get("cells", []):
+        if source_role(cell)[0] != "code":
+            continue
+        try:
+            tree = ast.parse("".join(cell.get("source", "")) if isinstance(cell.get("source"), list)
+                             else str(cell.get("source", "")))
+        except (SyntaxError, ValueError, RecursionError):
+            continue
+        for node in tree.body:
+            targets = []
+            if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                names.add(node.name)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names.update((a.asname or a.name).split(".")[0] for a in node.names)
+            for t in targets:
+                names.update(n.id for n in ast.walk(t) if isinstance(n, ast.Name))
+    return names
+
+
 def trusted_cases(ex_id: str, hidden: bool) -> list:
     key = (ex_id, hidden)
     if key not in _CASES:
@@ -200,6 +227,7 @@ class TrustedGrader:
                  solutions_dirs: list[Path] | None = None, tmp_root: Path | None = None, log=None):
         self.source_path = Path(source_notebook)
         self.source = load_source(self.source_path)
+        self._experiment_names = _experiment_globals(self.source)
         self.limits = limits or sandbox.Limits()
         self.hidden = hidden
         self.tmp_root = tmp_root
@@ -277,6 +305,17 @@ class TrustedGrader:
         job_cells = [{"source": c.source, "label": c.label} for c in cells]
         max_attempts = len(cells) + len(self.exercises) + 2
         while pending and attempts < max_attempts:
+            # One budget for the whole submission: a notebook of many slow cells cannot buy a
+            # fresh allowance with every attempt.
+            spent_wall = time.monotonic() - t0
+            if attempts and (spent_wall > self.limits.total_timeout or self._cpu > self.limits.total_cpu_s):
+                why = (f"the submission used up its time budget ({spent_wall:.0f} s of wall-clock time, "
+                       f"{self._cpu:.0f} s of CPU over {attempts} attempts; the limits are "
+                       f"{self.limits.total_timeout:g} s and {self.limits.total_cpu_s:g} s)")
+                for ex_id in pending:
+                    crashed.setdefault(ex_id, why)
+                pending = []
+                break
             attempts += 1
             inputs = {x: case_inputs(x, self.hidden) for x in pending}
             job = {"cells": job_cells, "exercises": pending, "hidden": self.hidden,
@@ -349,16 +388,23 @@ class TrustedGrader:
     def _read_result(self, out_dir: Path, index: int, ex_id: str):
         path = out_dir / f"ex-{index}.json"
         try:
-            if path.stat().st_size > MAX_RESULT_JSON:
+            raw = sandbox.read_regular(path, MAX_RESULT_JSON + 1)
+            if len(raw) > MAX_RESULT_JSON:
                 return {"corrupt": "the result file is too large"}
-            data = json.loads(path.read_text())
+            data = json.loads(raw.decode("utf-8", "replace"))
             if not isinstance(data, dict) or data.get("exercise") != ex_id:
                 return {"corrupt": "the result file does not belong to this exercise"}
             tpath = out_dir / f"ex-{index}.safetensors"
-            data["_tensors"] = codec.load_tensors(tpath, MAX_RESULT_TENSORS) if tpath.exists() else {}
+            try:
+                blob = sandbox.read_regular(tpath, MAX_RESULT_TENSORS + 1)
+            except FileNotFoundError:
+                blob = None
+            data["_tensors"] = codec.load_tensor_bytes(blob, MAX_RESULT_TENSORS) if blob is not None else {}
             return data
         except FileNotFoundError:
             return None
+        except sandbox.HostileFile as exc:
+            return {"corrupt": f"the result was not a plain file ({exc}): tampering, review"}
         except Exception as exc:
             return {"corrupt": f"the result could not be read ({type(exc).__name__}: {str(exc)[:200]})"}
 
@@ -413,7 +459,7 @@ class TrustedGrader:
             elif st == "timeout":
                 checks.append(Check(case.name, False, f"{msg}: an infinite loop, or far too slow an algorithm"))
             elif st == "raised":
-                checks.append(Check(case.name, False, f"raised {msg}"))
+                checks.append(Check(case.name, False, f"raised {msg}" + self._explain_name_error(msg)))
             elif st == "unencodable":
                 checks.append(Check(case.name, False, f"returned something the grader cannot receive ({msg}); "
                                     "return tensors, numbers, strings, lists, tuples or dicts"))
@@ -476,6 +522,27 @@ class TrustedGrader:
         r.feedback = format_feedback(ex, r)
         return r
 
+    def _explain_name_error(self, message: str) -> str:
+        m = re.search(r"NameError: name '([A-Za-z_][A-Za-z0-9_]*)' is not defined", message)
+        if not m or m.group(1) not in self._experiment_names:
+            return ""
+        return (f"; `{m.group(1)}` is defined in one of the chapter's experiment cells, which the grader does not "
+                "run: define what your function needs inside it, or in its answer cell")
+
+    def not_graded(self, notebook: Path, reason: str) -> SubmissionResult:
+        """The result of a submission the grader could not grade: zero points, with the reason
+        on every exercise, so that no earlier score stays standing in the gradebook."""
+        notebook = Path(notebook)
+        try:
+            digest = hashlib.sha256(notebook.read_bytes()).hexdigest()
+        except OSError:
+            digest = ""
+        reason = str(reason)[:300]
+        results = {ex.id: self._result(ex, "not-graded", [Check("grading", False, f"not graded: {reason}")], [])
+                   for ex in self.exercises}
+        return self._finish(notebook, digest, results, [f"not graded: {reason}"], sandbox.isolation(), 0,
+                            time.monotonic())
+
     def _finish(self, notebook, digest, results, notes, iso, attempts, t0) -> SubmissionResult:
         ordered = [results[e.id] for e in self.exercises if e.id in results]
         return SubmissionResult(
@@ -505,7 +572,7 @@ def format_feedback(ex: core.Exercise, r: ExerciseResult) -> str:
     verdict = "all checks passed" if r.status == "passed" else (
         f"{n_ok} of {len(r.checks)} checks passed" if r.status in ("failed", "not-implemented") else
         {"forbidden": "a forbidden call or construct was found", "crashed": "your code stopped the grader",
-         "missing": "nothing to grade", "error": "not graded"}.get(r.status, r.status))
+         "missing": "nothing to grade", "error": "not graded", "not-graded": "not graded"}.get(r.status, r.status))
     lines.append(f"  => {verdict}: {r.score:g}/{r.max_score:g} points"
                  + ("" if r.status == "passed" else f" (checked against {ex.reference})"))
     return "\n".join(lines)

@@ -23,7 +23,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-MAX_NOTEBOOK_BYTES = 20 << 20
+MAX_NOTEBOOK_BYTES = 20 << 20  # the notebook's text without saved outputs
+MAX_FILE_BYTES = 256 << 20  # the file as submitted, outputs included
 
 
 @dataclasses.dataclass
@@ -151,8 +152,9 @@ def read_submission(path: Path) -> dict:
         raise NotebookError(f"the notebook could not be read: {exc.strerror}") from None
     if size == 0:
         raise NotebookError("the notebook file is empty (0 bytes)")
-    if size > MAX_NOTEBOOK_BYTES:
-        raise NotebookError(f"the notebook is {size / 1e6:.1f} MB, over the {MAX_NOTEBOOK_BYTES >> 20} MB limit")
+    if size > MAX_FILE_BYTES:
+        raise NotebookError(f"the notebook file is {size / 1e6:.1f} MB, over the {MAX_FILE_BYTES >> 20} MB limit "
+                            "(outputs included): clear the outputs and save it again")
     raw = path.read_bytes()
     try:
         nb = json.loads(raw.decode("utf-8"))
@@ -173,6 +175,16 @@ def read_submission(path: Path) -> dict:
     if not isinstance(cells, list):
         raise NotebookError("the notebook has no list of cells")
     nb["cells"] = [c for c in cells if isinstance(c, dict)]
+    # Saved outputs (plots, long prints) are not graded: drop them before the size limit,
+    # which is about the code and text the grader has to handle.
+    for c in nb["cells"]:
+        if "outputs" in c:
+            c["outputs"] = []
+        c.pop("attachments", None)
+    size = len(json.dumps(nb, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    if size > MAX_NOTEBOOK_BYTES:
+        raise NotebookError(f"the notebook's cells hold {size / 1e6:.1f} MB of text without their outputs, over the "
+                            f"{MAX_NOTEBOOK_BYTES >> 20} MB limit")
     return nb
 
 

@@ -49,6 +49,8 @@ class Limits:
     wall_factor: float = 2.0  # wall-clock limit = wall_factor * the CPU limit + 10 s
     startup_timeout: float = 120.0  # python, torch, the autograder, building the cases
     submission_timeout: float = 900.0  # absolute cap for one attempt
+    total_timeout: float = 1800.0  # wall-clock budget of one submission, all attempts together
+    total_cpu_s: float = 900.0  # CPU budget of one submission, all attempts together
     output_cap: int = 65536  # characters of printed output kept per cell / exercise
 
 
@@ -311,6 +313,43 @@ def _kill_uid(uid: int) -> None:
         time.sleep(0.05)
 
 
+class HostileFile(Exception):
+    """A file in the sandbox's output directory that the grader refuses to read."""
+
+
+def read_regular(path, max_bytes: int, offset: int = 0) -> bytes:
+    """Read a file the sandbox wrote, treating it as hostile bytes.
+
+    Opened without following a symbolic link and without blocking (a FIFO would otherwise
+    stall the grader forever), refused unless it is a regular file, and read up to
+    ``max_bytes`` from ``offset``: a link to an endless device, a FIFO, a socket or a huge
+    file cannot block or exhaust the grader. FileNotFoundError when it does not exist.
+    """
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise HostileFile(f"{os.path.basename(str(path))} is not a regular file")
+        if offset:
+            os.lseek(fd, offset, os.SEEK_SET)
+        chunks, left = [], max_bytes
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        if exc.errno == 40:  # ELOOP: the path is a symbolic link
+            raise HostileFile(f"{os.path.basename(str(path))} is a symbolic link") from None
+        raise
+    finally:
+        os.close(fd)
+
+
 def _dir_size(path: Path, limit_entries: int = 2000) -> tuple[int, int]:
     total, n = 0, 0
     stack = [str(path)]
@@ -358,8 +397,23 @@ def run_attempt(bundle: Path, job: dict, limits: Limits, n_cases: dict[str, int]
         cwd = str(work)
         drop_net = False
     else:
+        if os.geteuid() == 0:
+            # Never the learner's code as root: the child drops to a uid of its own once the
+            # cases are built, which can write nothing of the course (gradebook, results).
+            uid = _sandbox_uid()
+            os.chown(work, uid, uid)
+            os.chown(out_dir, uid, uid)
+            os.chmod(base, 0o711)
+            os.chmod(bundle.parent, 0o711)  # the earlier chapters' solutions stay reachable
+            job = dict(job, drop_to_uid=uid, own_paths=[str(work)])
+        elif os.environ.get("GRADING_ALLOW_SHARED_USER") != "1":
+            raise RuntimeError(
+                "basic isolation without root: the learner's code would run as the grading user, who can write "
+                "the gradebook and the other students' results. Install bubblewrap, grade as root, or set "
+                "GRADING_ALLOW_SHARED_USER=1 to accept that risk (docs/instructors.md, Isolation)")
         job = dict(job, extra_path=str(bundle / "course_lib"))
         job_path.write_text(json.dumps(job))
+        os.chmod(job_path, 0o444)
         cmd = [sys.executable, "-I", str(bundle / "sandbox_child.py"), str(job_path), str(out_dir)]
         env = _child_env(str(work))
         cwd = str(work)
@@ -387,13 +441,15 @@ def run_attempt(bundle: Path, job: dict, limits: Limits, n_cases: dict[str, int]
                 rc = proc.poll()
                 # read new progress lines (the child may forge them: only the first of each known key counts)
                 try:
-                    with open(status_path, "rb") as f:
-                        f.seek(pos)
-                        chunk = f.read(1 << 20)
-                        pos += len(chunk)
-                        buf += chunk
+                    chunk = read_regular(status_path, 1 << 20, offset=pos)
+                    pos += len(chunk)
+                    buf += chunk
                 except FileNotFoundError:
                     pass
+                except (HostileFile, OSError) as exc:
+                    # A FIFO, a link or a device in place of the progress file: stop trusting it.
+                    killed = f"the grading process tampered with its progress file ({exc}); it was stopped"
+                    break
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
                     try:
@@ -450,10 +506,9 @@ def run_attempt(bundle: Path, job: dict, limits: Limits, n_cases: dict[str, int]
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     finished = any(ev.get("e") == "end" for ev in events) and not killed
     try:
-        with open(log_path, "rb") as f:
-            f.seek(max(0, os.path.getsize(log_path) - 2000))
-            tail = f.read().decode("utf-8", "replace")
-    except OSError:
+        size = os.lstat(log_path).st_size
+        tail = read_regular(log_path, 2000, offset=max(0, size - 2000)).decode("utf-8", "replace")
+    except (OSError, HostileFile):
         tail = ""
     return Attempt(events=events, finished=finished, killed=killed, returncode=rc, unit=unit, out_dir=out_dir,
                    seconds=time.monotonic() - t0, log_tail=tail, cpu_s=cpu)

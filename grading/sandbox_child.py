@@ -345,7 +345,7 @@ def main(job_path: str, out_dir: str) -> int:
     uid = job.get("drop_to_uid")
     if uid is not None:
         try:
-            for base in ("/sandbox", "/tmp", "/dev/shm"):  # caches the set-up made as root
+            for base in job.get("own_paths", ["/sandbox", "/tmp", "/dev/shm"]):  # caches the set-up made as root
                 for root, dirs, files in os.walk(base):
                     # not into read-only mounts (a venv that lives under /tmp is bound there)
                     dirs[:] = [d for d in dirs if not os.path.ismount(os.path.join(root, d))]

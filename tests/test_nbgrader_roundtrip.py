@@ -1,8 +1,14 @@
-"""The instructor's flow end to end with nbgrader and a local exchange, three students:
-one complete, one who submits the untouched release, one with a typical mistake."""
+"""The README's instructor path, run as written: the commands of its "For instructors"
+section, in order, in a fresh directory with a local exchange; two students fetch, work and
+submit with the commands the README gives them (one complete, one with a typical
+mistake); the trusted grader fills the gradebook and the CSV; the students fetch their
+feedback. Only two things are substituted: the exchange folder (a temporary one) and the
+venv's location (the one running the tests)."""
 from __future__ import annotations
 
 import csv
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,99 +16,102 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from autograder import get
+from autograder import catalogue, get
 from coursetools import build
-from coursetools.nbgrader_course import make_course, tool_env
-from coursetools.source import chapter
+from coursetools.source import ROOT, chapter
 
-CHAPTER = "ch01"
+SLUG = "ch01_next_token"
 MISTAKE_EXERCISE = "ch01.cross_entropy"
 MISTAKE_CODE = '''def cross_entropy(logits, targets):
     """Softmax, then the log of the target's probability."""
     probs = torch.exp(logits) / torch.exp(logits).sum(dim=1, keepdim=True)
     return -torch.log(probs[torch.arange(len(targets)), targets]).mean()'''
-
-NBGRADER = str(Path(sys.executable).with_name("nbgrader"))
-
-
-def nbgrader(*args, cwd, check=True):
-    env = tool_env(COURSE_QUICK="1")
-    proc = subprocess.run([NBGRADER, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=900)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"nbgrader {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    return proc
+README_EXCHANGE = "/srv/nbgrader/exchange"
 
 
-def fill(release_nb: Path, answers: dict[str, str]) -> None:
-    """Put code into answer cells, found by their nbgrader grade_id."""
-    nb = nbformat.read(release_nb, as_version=4)
+def readme_blocks() -> tuple[list[str], list[str]]:
+    """(the instructor's commands, a student's commands) from the README."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## For instructors", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
+    assert len(blocks) >= 2, "the instructor section has lost its two command blocks"
+    return blocks[0].strip().splitlines(), blocks[1].strip().splitlines()
+
+
+def bash(lines: list[str], cwd: Path, env: dict) -> str:
+    script = "set -euo pipefail\n" + "\n".join(lines) + "\n"
+    proc = subprocess.run(["bash", "-c", script], cwd=cwd, capture_output=True, text=True, env=env, timeout=1800)
+    assert proc.returncode == 0, f"failed:\n{script}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def fill(notebook: Path, answers: dict[str, str]) -> None:
+    nb = nbformat.read(notebook, as_version=4)
     for cell in nb.cells:
         gid = cell.metadata.get("nbgrader", {}).get("grade_id")
         if gid in answers:
             cell.source = answers[gid]
-    nbformat.write(nb, release_nb)
+    nbformat.write(nb, notebook)
+
+
+def reference_answers() -> dict[str, str]:
+    ch = chapter("ch01")
+    path = build.SOLUTIONS_OUT / f"{ch.slug}.ipynb"
+    if not path.exists():
+        build.generate(["ch01"], log=lambda *a: None)
+    solution = nbformat.read(path, as_version=4)
+    source_nb = nbformat.read(build.nbgrader_path(ch), as_version=4)
+    return {g.metadata["nbgrader"]["grade_id"]: s.source for s, g in zip(solution.cells, source_nb.cells)
+            if g.metadata.get("nbgrader", {}).get("solution")}
 
 
 @pytest.mark.slow
-def test_three_students_round_trip(tmp_path):
-    ch = chapter(CHAPTER)
-    course = tmp_path / "course"
+def test_the_readme_instructor_path_works_as_written(tmp_path):
+    instructor, student = readme_blocks()
     exchange = tmp_path / "exchange"
-    exchange.mkdir()
-    make_course([CHAPTER], course, course_id="llm-course")
-    release_dir = course / "release" / ch.slug
-    # A release ships the autograder and no reference solution of its own chapter.
-    assert (release_dir / "autograder" / "core.py").exists()
-    assert not (release_dir / "solutions" / f"{ch.slug}.py").exists()
-    released = nbformat.writes(nbformat.read(release_dir / f"{ch.slug}.ipynb", as_version=4))
-    assert "BEGIN SOLUTION" not in released and "HIDDEN TESTS" not in released
+    venv = Path(sys.executable).parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIRTUAL_ENV")}
+    env.update(COURSE_QUICK="1", HF_HUB_OFFLINE="1")
 
-    with open(course / "nbgrader_config.py", "a") as f:
-        f.write(f'c.Exchange.root = r"{exchange}"\n')
-    nbgrader("release_assignment", ch.slug, cwd=course)
+    def literal(line: str) -> str:
+        line = line.replace(README_EXCHANGE, str(exchange))
+        # `make venv && . .venv/bin/activate`: the venv that runs these tests, already made.
+        return line.replace("make venv && . .venv/bin/activate", f". {venv}/bin/activate")
 
-    solution = nbformat.read(build.SOLUTIONS_OUT / f"{ch.slug}.ipynb", as_version=4) \
-        if (build.SOLUTIONS_OUT / f"{ch.slug}.ipynb").exists() else None
-    if solution is None:
-        build.generate([CHAPTER])
-        solution = nbformat.read(build.SOLUTIONS_OUT / f"{ch.slug}.ipynb", as_version=4)
-    source_nb = nbformat.read(build.nbgrader_path(ch), as_version=4)
-    complete = {}
-    for s_cell, g_cell in zip(solution.cells, source_nb.cells):
-        meta = g_cell.metadata.get("nbgrader", {})
-        if meta.get("solution"):
-            complete[meta["grade_id"]] = s_cell.source
-    mistake_id = MISTAKE_EXERCISE.replace(".", "-") + "-answer"
-    with_mistake = {**complete, mistake_id: MISTAKE_CODE}
+    marker = next(i for i, ln in enumerate(instructor) if ln.lstrip().startswith("# ..."))
+    before, after = [literal(ln) for ln in instructor[:marker]], [literal(ln) for ln in instructor[marker + 1:]]
+    setup = [ln for ln in before if ln.startswith(". ") or " export " in f" {ln}"]
+    out = bash(before, tmp_path, env)
+    assert "nbgrader validate --invert" in out, "coursetools nbgrader reports its steps"
+    course = tmp_path / "course"
+    assert (course / "release" / SLUG / f"{SLUG}.ipynb").exists()
+    assert any(exchange.rglob(f"{SLUG}.ipynb")), "the release did not go to the exchange the README names"
 
-    students = {"alice": complete, "bob": {}, "carol": with_mistake}
-    for student, answers in students.items():
-        home = tmp_path / "home" / student
+    complete = reference_answers()
+    mistake = {**complete, MISTAKE_EXERCISE.replace(".", "-") + "-answer": MISTAKE_CODE}
+    work = {"alice": complete, "bob": mistake}
+    fetch = [literal(ln) for ln in student if ln.startswith("nbgrader fetch_assignment")]
+    submit = [literal(ln) + f" --student={name}" for name in work
+              for ln in student if ln.startswith("nbgrader submit")]
+    assert fetch and submit, "the README no longer tells students how to fetch and submit"
+    for i, (name, answers) in enumerate(work.items()):
+        home = tmp_path / "home" / name
         home.mkdir(parents=True)
-        student_cfg = f'c = get_config()\nc.Exchange.root = r"{exchange}"\nc.CourseDirectory.course_id = "llm-course"\n'
-        (home / "nbgrader_config.py").write_text(student_cfg)
-        nbgrader("fetch_assignment", ch.slug, "--course", "llm-course", cwd=home)
-        fill(home / ch.slug / f"{ch.slug}.ipynb", answers)
-        nbgrader("submit", ch.slug, "--course", "llm-course", f"--student={student}", cwd=home)
+        bash(setup + fetch, home, env)
+        fill(home / SLUG / f"{SLUG}.ipynb", answers)
+        bash(setup + [submit[i]], home, env)
 
-    nbgrader("collect", ch.slug, cwd=course)
-    for student in students:
-        nbgrader("db", "student", "add", student, cwd=course)
-    nbgrader("autograde", ch.slug, cwd=course, check=False)  # exits 1 when a submission has failures
-    nbgrader("generate_feedback", ch.slug, cwd=course)
-    nbgrader("export", "--to", str(tmp_path / "grades.csv"), cwd=course)
-
-    total = sum(e["points"] for e in __import__("autograder").catalogue(CHAPTER))
-    expected = {"alice": total, "bob": 0.0, "carol": total - get(MISTAKE_EXERCISE).points}
-    with open(tmp_path / "grades.csv") as f:
-        rows = {r["student_id"]: r for r in csv.DictReader(f)}
-    got = {s: float(rows[s]["raw_score"]) for s in students}
-    assert got == expected, got
-
-    for student in students:
-        feedback = course / "feedback" / student / ch.slug / f"{ch.slug}.html"
-        assert feedback.exists(), f"no feedback file for {student}"
-    carol = (course / "feedback" / "carol" / ch.slug / f"{ch.slug}.html").read_text()
-    assert "overflowed" in carol  # the diagnosis of the typical mistake reaches the student
-    bob = (course / "feedback" / "bob" / ch.slug / f"{ch.slug}.html").read_text()
-    assert "not implemented yet" in bob
+    bash(setup + after, course, env)
+    total = sum(e["points"] for e in catalogue("ch01"))
+    with open(course / "grades.csv") as f:
+        rows = {r["student"]: r for r in csv.DictReader(f)}
+    assert float(rows["alice"]["score"]) == total
+    assert float(rows["bob"]["score"]) == total - get(MISTAKE_EXERCISE).points
+    feedback = [literal(ln) for ln in student if ln.startswith("nbgrader fetch_feedback")]
+    assert feedback, "the README no longer tells students how to fetch their feedback"
+    home = tmp_path / "home" / "bob"
+    bash(setup + [ln + " --student=bob" for ln in feedback], home, env)
+    pages = list(home.rglob(f"{SLUG}.html"))
+    assert pages, "bob's feedback did not arrive"
+    page = pages[0].read_text()
+    assert "overflowed" in page and "cross_entropy" in page

@@ -58,7 +58,8 @@ def test_the_suite_covers_the_attacks_the_issue_lists():
                    "forbidden-direct", "read-solutions", "read-gradebook", "fake-result-file", "sys-exit", "os-exit",
                    "raise-systemexit-toplevel", "infinite-loop", "memory-bomb", "fork-bomb", "network",
                    "deleted-test-cells", "edited-test-cells", "retyped-test-cells", "changed-metadata",
-                   "invalid-json", "empty-notebook", "other-chapter"]:
+                   "invalid-json", "empty-notebook", "other-chapter", "fifo-progress-file",
+                   "result-links-to-dev-zero", "lone-surrogate-comment", "very-deep-expression"]:
         assert needed in names, needed
 
 
@@ -123,3 +124,5 @@ def test_feedback_says_what_happened(graded):
     assert "changed its inputs" in fb("mutates-input", "ch01.bigram_counts")
     assert "not valid JSON" in fb("invalid-json", "ch01.bigram_counts")
     assert "Anything" in fb("always-equal-object", "ch01.gpt2_param_count")
+    assert "tampering, review" in fb("result-links-to-dev-zero", "ch01.bigram_counts")
+    assert "experiment cells" in fb("uses-experiment-global", "ch01.bigram_counts")

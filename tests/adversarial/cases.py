@@ -415,3 +415,66 @@ def _(ctx):
     nb.metadata["course"] = {"chapter": "ch02", "slug": "ch02_tokenization"}
     nb.cells = [nbformat.v4.new_code_cell(inspect.getsource(ch02))]
     return json.loads(nbformat.writes(nb))
+
+
+# ---- the output directory is hostile bytes ------------------------------------------------
+@case("fifo-progress-file", "replaces the sandbox's progress file by a FIFO, which would block a reader forever",
+      {})
+def _(ctx):
+    code = ("import os, sys\n"
+            "p = os.path.join(sys.argv[-1], 'status.jsonl')\n"
+            "os.remove(p)\n"
+            "os.mkfifo(p)\n")
+    return _sub(ctx, extra=[code])
+
+
+@case("result-links-to-dev-zero", "a background thread swaps every result file for a link to /dev/zero, an endless "
+      "file that would exhaust the grader's memory", {"*": 0})
+def _(ctx):
+    code = ("import os, sys, threading, time\n"
+            "out = sys.argv[-1]\n"
+            "def swap():\n"
+            "    while True:\n"
+            "        for name in os.listdir(out):\n"
+            "            if name.startswith('ex-') and name.endswith('.json'):\n"
+            "                p = os.path.join(out, name)\n"
+            "                if not os.path.islink(p):\n"
+            "                    try:\n"
+            "                        os.remove(p); os.symlink('/dev/zero', p)\n"
+            "                    except OSError:\n"
+            "                        pass\n"
+            "        time.sleep(0.001)\n"
+            "threading.Thread(target=swap, daemon=True).start()\n")
+    return _sub(ctx, extra=[code])
+
+
+# ---- odd text that once crashed the grading of a notebook -----------------------------------
+@case("lone-surrogate-comment", "a comment holding a lone UTF-16 surrogate, which cannot be encoded as UTF-8", {})
+def _(ctx):
+    return _sub(ctx, extra=["# a stray half of a surrogate pair: \ud800\nx = 1\n"])
+
+
+@case("very-deep-expression", "a cell with 3,000 nested parentheses (the parser's and the analyser's recursion)", {})
+def _(ctx):
+    return _sub(ctx, extra=["x = " + "(" * 3000 + "1" + ")" * 3000 + "\n"])
+
+
+# ---- honest work that used to be lost without a word ---------------------------------------
+@case("uses-experiment-global", "an answer that reads a global made by an experiment cell (not run by the grader)",
+      {"ch01.bigram_counts": 0})
+def _(ctx):
+    answer = ("def bigram_counts(ids, vocab_size):\n"
+              "    import torch\n"
+              "    counts = torch.zeros(len(stoi), len(stoi), dtype=torch.long)\n"
+              "    for a, b in zip(ids[:-1], ids[1:]):\n"
+              "        counts[a, b] += 1\n"
+              "    return counts\n")
+    return _sub(ctx, {"ch01.bigram_counts": answer})
+
+
+@case("huge-saved-outputs", "a correct notebook whose saved outputs weigh 30 MB", {})
+def _(ctx):
+    nb = _sub(ctx)
+    cell = next(c for c in nb["cells"] if c["cell_type"] == "code")
+    cell["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "x" * (30 << 20)}]
+    return nb

@@ -74,7 +74,7 @@ c.JupyterHub.authenticator_class = "dummy"
 c.Authenticator.allowed_users = {{"alice", "bob"}}
 c.JupyterHub.spawner_class = "simple"
 c.SimpleLocalProcessSpawner.home_dir_template = "{base}/home/{{username}}"
-c.Spawner.cmd = [{singleuser!r}]
+c.Spawner.cmd = [{student_python!r}, "-m", "jupyterhub.singleuser"]
 c.Spawner.args = ["--ServerApp.jpserver_extensions={{'nbgrader.server_extensions.formgrader': False}}"]
 import os as _os
 if _os.geteuid() == 0:  # CI machines run as root
@@ -83,7 +83,8 @@ c.Spawner.start_timeout = 180
 c.Spawner.http_timeout = 180
 c.Spawner.environment = {{
     # all users share one OS account here: a per-user config gives nbgrader the student id
-    "JUPYTER_CONFIG_PATH": lambda spawner: "{base}/config/" + spawner.user.name,
+    # (and the server extensions that the course's tools enable, nbgrader's assignment list)
+    "JUPYTER_CONFIG_PATH": lambda spawner: "{base}/config/" + spawner.user.name + ":{tools_config}",
     "PATH": {path!r},
 }}
 c.JupyterHub.services = [{{"name": "roundtrip", "api_token": "{token}"}}]
@@ -119,9 +120,11 @@ def hub(tmp_path_factory):
     port, hub_port, proxy_api_port = free_port(), free_port(), free_port()
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    student_python = student_environment(base)
     (base / "jupyterhub_config.py").write_text(HUB_CONFIG.format(
         port=port, hub_port=hub_port, proxy_api_port=proxy_api_port, chp=str(CHP), base=base,
-        singleuser=str(BIN / "jupyterhub-singleuser"), token=token, path=env["PATH"]))
+        student_python=str(student_python), tools_config=str(Path(sys.prefix) / "etc" / "jupyter"), token=token,
+        path=f"{student_python.parent}{os.pathsep}{env['PATH']}"))
     log = open(base / "hub.log", "w")
     proc = subprocess.Popen([str(BIN / "jupyterhub"), "-f", str(base / "jupyterhub_config.py")], cwd=base, env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -144,7 +147,8 @@ def hub(tmp_path_factory):
                 time.sleep(1)
             else:
                 raise TimeoutError(f"the server of {user} did not start: {(base / 'hub.log').read_text()[-3000:]}")
-        yield {"url": url, "api": api, "headers": headers, "base": base, "exchange": exchange, "env": env}
+        yield {"url": url, "api": api, "headers": headers, "base": base, "exchange": exchange, "env": env,
+               "student_python": student_python}
     finally:
         for user in ("alice", "bob"):
             try:
@@ -161,6 +165,23 @@ def hub(tmp_path_factory):
                 pass
             proc.wait(timeout=10)
         log.close()
+
+
+def student_environment(base: Path) -> Path:
+    """The Python of the students' kernels: the course's requirements and nothing of this
+    repository (README, "the students' environment"). A venv whose site-packages points at
+    the tools' packages through a .pth line: the .pth files over there (among them the
+    editable install of this project) are not read, so neither `solutions` nor the
+    repository's `autograder` can be imported; an assignment brings its own autograder."""
+    import sysconfig
+
+    env_dir = base / "student-env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True, timeout=120)
+    python = env_dir / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "course-requirements.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python
 
 
 def run(cmd, cwd, env, timeout=900):
@@ -200,6 +221,25 @@ def test_two_students_fetch_and_submit_through_the_hub_and_get_trusted_feedback(
         r = requests.post(f"{base}/assignments/submit", headers=headers, timeout=60,
                           data={"course_id": COURSE_ID, "assignment_id": SLUG})
         assert r.status_code == 200 and '"success": false' not in r.text, r.text
+
+    # What a student's kernel can import, from the fetched assignment's folder: the release's
+    # autograder, the libraries, and no reference solution of this chapter.
+    folder = hub["base"] / "home" / "alice" / SLUG
+    probe = ("import importlib, sys\n"
+             "import torch, transformers, autograder\n"
+             "print('autograder from', autograder.__file__)\n"
+             "for name in ('solutions.ch01_next_token', 'solutions'):\n"
+             "    try:\n"
+             "        importlib.import_module(name)\n"
+             "    except ImportError:\n"
+             "        print('no', name)\n"
+             "    else:\n"
+             "        print('IMPORTED', name)\n")
+    r = subprocess.run([str(hub["student_python"]), "-c", probe], cwd=folder, capture_output=True, text=True,
+                       timeout=300, env={"PATH": "/usr/bin:/bin", "HOME": str(folder.parent)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"autograder from {folder}" in r.stdout, r.stdout
+    assert "IMPORTED solutions.ch01_next_token" not in r.stdout and "no solutions.ch01_next_token" in r.stdout
 
     run([nbgrader, "collect", SLUG], course, env)
     assert sorted(p.name for p in (course / "submitted").iterdir()) == ["alice", "bob"]
