@@ -38,7 +38,7 @@ test-tools: $(TEST_STAMP)
 
 $(TEST_STAMP): $(STAMP) requirements-hub.txt tests/hub/setup.sh
 	command -v bwrap >/dev/null || { apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; } \
-	  || echo "bubblewrap could not be installed: the trusted grader's tests run in basic isolation"
+	  || echo "bubblewrap could not be installed: the trusted grader runs in basic isolation, which refuses to grade where its unprivileged user cannot reach Python"
 	PYTHON=$(PY) bash tests/hub/setup.sh
 	touch $(TEST_STAMP)
 

@@ -171,6 +171,12 @@ def read_submission(path: Path) -> dict:
             nb = json.loads(nbformat.writes(nbformat.reads(raw.decode("utf-8"), as_version=4)))
         except Exception as exc:
             raise NotebookError(f"an old-format notebook that could not be converted: {exc}") from None
+    # Lone UTF-16 surrogates ("\\ud800" in the JSON) cannot be written as UTF-8 anywhere later
+    # (the feedback notebook, the logs): replace them once, here.
+    text = json.dumps(nb, ensure_ascii=False)
+    clean = text.encode("utf-8", "replace").decode("utf-8")
+    if clean != text:
+        nb = json.loads(clean)
     cells = nb.get("cells")
     if not isinstance(cells, list):
         raise NotebookError("the notebook has no list of cells")

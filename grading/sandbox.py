@@ -313,6 +313,20 @@ def _kill_uid(uid: int) -> None:
         time.sleep(0.05)
 
 
+def world_traversable(path: Path) -> bool:
+    """Whether any user can reach ``path`` (every directory on the way has o+x)."""
+    import stat
+
+    path = Path(path).resolve()
+    for d in [path, *path.parents]:
+        try:
+            if not os.stat(d).st_mode & stat.S_IXOTH:
+                return False
+        except OSError:
+            return False
+    return True
+
+
 class HostileFile(Exception):
     """A file in the sandbox's output directory that the grader refuses to read."""
 
@@ -327,7 +341,12 @@ def read_regular(path, max_bytes: int, offset: int = 0) -> bytes:
     """
     import stat
 
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        if exc.errno == 40:  # ELOOP: the path is a symbolic link
+            raise HostileFile(f"{os.path.basename(str(path))} is a symbolic link") from None
+        raise
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -342,10 +361,6 @@ def read_regular(path, max_bytes: int, offset: int = 0) -> bytes:
             chunks.append(chunk)
             left -= len(chunk)
         return b"".join(chunks)
-    except OSError as exc:
-        if exc.errno == 40:  # ELOOP: the path is a symbolic link
-            raise HostileFile(f"{os.path.basename(str(path))} is a symbolic link") from None
-        raise
     finally:
         os.close(fd)
 
@@ -400,6 +415,12 @@ def run_attempt(bundle: Path, job: dict, limits: Limits, n_cases: dict[str, int]
         if os.geteuid() == 0:
             # Never the learner's code as root: the child drops to a uid of its own once the
             # cases are built, which can write nothing of the course (gradebook, results).
+            blocked = [str(d) for d in (Path(sys.base_prefix), Path(sys.prefix)) if not world_traversable(d)]
+            if blocked:
+                raise RuntimeError(
+                    f"basic isolation: the sandbox's unprivileged user cannot reach Python in {blocked[0]} (a parent "
+                    "directory is closed to other users), and the learner's code must not run as root. Install "
+                    "bubblewrap, or install Python where other users can read it")
             uid = _sandbox_uid()
             os.chown(work, uid, uid)
             os.chown(out_dir, uid, uid)
@@ -416,6 +437,8 @@ def run_attempt(bundle: Path, job: dict, limits: Limits, n_cases: dict[str, int]
         os.chmod(job_path, 0o444)
         cmd = [sys.executable, "-I", str(bundle / "sandbox_child.py"), str(job_path), str(out_dir)]
         env = _child_env(str(work))
+        # Caches of its own: /tmp/ipython or /tmp/mpl may belong to another user here.
+        env.update(IPYTHONDIR=str(work / ".ipython"), MPLCONFIGDIR=str(work / ".mpl"))
         cwd = str(work)
         drop_net = iso["network"].startswith("off") and os.geteuid() == 0
     log_path = base / "child.log"
@@ -428,7 +451,13 @@ def run_attempt(bundle: Path, job: dict, limits: Limits, n_cases: dict[str, int]
     deadline = t0 + limits.startup_timeout
     hard_deadline = t0 + limits.submission_timeout
     killed = None
+    # The progress file is created and opened here, before the child starts: the grader reads
+    # through its own descriptor, so a FIFO, a link or a device that the learner's code puts
+    # at that path later changes nothing on this side.
     status_path = out_dir / "status.jsonl"
+    status_fd = os.open(status_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    if uid is not None:
+        os.fchown(status_fd, uid, uid)
     pos = 0
     buf = b""
     last_size_check = 0.0
@@ -441,15 +470,11 @@ def run_attempt(bundle: Path, job: dict, limits: Limits, n_cases: dict[str, int]
                 rc = proc.poll()
                 # read new progress lines (the child may forge them: only the first of each known key counts)
                 try:
-                    chunk = read_regular(status_path, 1 << 20, offset=pos)
-                    pos += len(chunk)
-                    buf += chunk
-                except FileNotFoundError:
-                    pass
-                except (HostileFile, OSError) as exc:
-                    # A FIFO, a link or a device in place of the progress file: stop trusting it.
-                    killed = f"the grading process tampered with its progress file ({exc}); it was stopped"
-                    break
+                    chunk = os.pread(status_fd, 1 << 20, pos)
+                except OSError:
+                    chunk = b""
+                pos += len(chunk)
+                buf += chunk
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
                     try:
@@ -501,6 +526,7 @@ def run_attempt(bundle: Path, job: dict, limits: Limits, n_cases: dict[str, int]
                 time.sleep(0.02 if now - t0 < 2 else 0.05)
         finally:
             _terminate(proc, uid)
+            os.close(status_fd)
     rc = proc.returncode
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -146,6 +148,18 @@ def test_saved_outputs_do_not_count_towards_the_size_limit(tmp_path):
 def test_basic_isolation_never_runs_the_learner_as_root(tmp_path, monkeypatch):
     if os.geteuid() != 0:
         pytest.skip("the drop needs root; without it basic isolation refuses to run (tested below)")
+    if not all(sandbox.world_traversable(Path(d)) for d in (sys.base_prefix, sys.prefix)):
+        # Python lives where other users cannot reach it (e.g. under /root): basic isolation
+        # refuses to grade rather than run the learner's code as root.
+        monkeypatch.setenv("GRADING_ISOLATION", "basic")
+        sandbox.isolation(refresh=True)
+        try:
+            with pytest.raises(RuntimeError, match="must not run as root"):
+                sandbox.run_attempt(tmp_path, {"cells": [], "exercises": []}, TEST_LIMITS, {}, 0, tmp_path)
+        finally:
+            monkeypatch.delenv("GRADING_ISOLATION")
+            sandbox.isolation(refresh=True)
+        return
     course = shared_course()
     gradebook = course / "gradebook.db"
     before = gradebook.read_bytes()
