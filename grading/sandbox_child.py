@@ -305,10 +305,11 @@ def main(job_path: str, out_dir: str) -> int:
             # only lend their names and drivers.
             try:
                 given = codec.unpack(packed)
-                if len(given) != len(cases):
-                    raise ValueError(f"{len(given)} inputs for {len(cases)} checks")
-                for c, (args, kwargs) in zip(cases, given):
-                    c.args, c.kwargs = tuple(args), dict(kwargs)
+                names, inputs = given["names"], given["inputs"]
+                if len(inputs) != len(cases) or len(names) != len(cases):
+                    raise ValueError(f"{len(inputs)} inputs for {len(cases)} checks")
+                for c, name, (args, kwargs) in zip(cases, names, inputs):
+                    c.name, c.args, c.kwargs = str(name), tuple(args), dict(kwargs)
             except Exception as exc:  # noqa: BLE001
                 cases, error = [], f"the inputs sent by the grader could not be read: {_describe(exc)}"
         for c in cases:
