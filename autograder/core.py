@@ -604,6 +604,11 @@ def _snapshot(x: Any) -> Any:
 
 def _same(a: Any, b: Any) -> bool:
     try:
+        if type(a).__module__ == "numpy" and hasattr(a, "shape") and hasattr(a, "dtype"):
+            import numpy as np
+
+            return isinstance(b, np.ndarray) and a.shape == b.shape and a.dtype == b.dtype and bool(
+                np.array_equal(a, b, equal_nan=a.dtype.kind in "fc"))
         if isinstance(a, torch.Tensor):
             return isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype and bool(
                 torch.equal(a, b) or (torch.isnan(a) & torch.isnan(b) | (a == b)).all())

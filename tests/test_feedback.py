@@ -271,3 +271,15 @@ def test_a_library_not_implemented_error_is_an_error_not_a_stub():
         raise NotImplementedError()
 
     assert _grade(ex, stub).status == "not-implemented"
+
+
+def test_numpy_inputs_are_not_taken_for_changed_ones():
+    import numpy as np
+
+    a = np.linspace(0, 1, 5)
+    assert core._same(a, a.copy())
+    b = a.copy()
+    b[0] = 7
+    assert not core._same(a, b)
+    nan = np.array([np.nan, 1.0])
+    assert core._same(nan, nan.copy())

@@ -8,7 +8,8 @@ from autograder.core import get
 from tests.variants import load_all
 
 RIGHT = load_all()
-CHAPTERS = [f"ch{n:02d}" for n in range(1, 10)]
+# Every chapter whose variants live here (chapters 12 and 13 keep theirs in test_chNN_variants.py).
+CHAPTERS = sorted({a.exercise_id.split(".")[0] for a in RIGHT})
 EXERCISES = [row["id"] for row in autograder.catalogue() if row["chapter"] in CHAPTERS]
 
 
