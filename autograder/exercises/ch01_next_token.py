@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..core import Case, Exercise, Mistake, compare_float, compare_tensors, register
+from ..core import Case, Exercise, Mistake, compare_float, compare_tensors, hidden_seed, register
 
 CH = "ch01"
 SOL = "solutions.ch01_next_token"
@@ -33,7 +33,8 @@ def _bigram_cases(hidden: bool):
              ("a single token (no pairs)", torch.tensor([3]), 5),
              ("the last id is V-1", torch.tensor([0, 4, 4, 4]), 5)]
     if hidden:
-        specs += [("random ids, V=50, N=5000", _ids(1, 5000, 50), 50), ("empty input", torch.tensor([], dtype=torch.int64), 3)]
+        specs += [("random ids, V=50, N=5000", _ids(hidden_seed("ch01.bigram_counts", 1), 5000, 50), 50),
+                  ("empty input", torch.tensor([], dtype=torch.int64), 3)]
     for name, ids, v in specs:
         yield Case(name, (ids, v), expected=lambda ids=ids, v=v: _ref_bigram_counts(ids, v),
                    compare=lambda e, g: compare_tensors(e, g, atol=0, rtol=0))
@@ -66,7 +67,8 @@ def _probs_cases(hidden: bool):
              ("random 10x10 counts, alpha=0.5", torch.randint(0, 20, (10, 10), generator=g), 0.5),
              ("a row of zeros, alpha=0.1", torch.tensor([[4, 0], [0, 0]]), 0.1)]
     if hidden:
-        specs += [("random 40x40 counts, alpha=2", torch.randint(0, 5, (40, 40), generator=g), 2.0)]
+        gh = torch.Generator().manual_seed(hidden_seed("ch01.bigram_probs", 3))
+        specs += [("random 40x40 counts, alpha=2", torch.randint(0, 5, (40, 40), generator=gh), 2.0)]
     for name, counts, alpha in specs:
         yield Case(name, (counts,), {"alpha": alpha}, expected=lambda c=counts, a=alpha: _ref_bigram_probs(c, a),
                    compare=lambda e, g: compare_tensors(e, g, atol=1e-6, rtol=1e-5))
@@ -99,7 +101,7 @@ def _ce_cases(hidden: bool):
              ("huge logits (scale 1000): a naive exp overflows", *_ce_inputs(2, 8, 6, 1000.0)),
              ("very negative logits (-5000 shift)", _ce_inputs(3, 5, 4, 1.0)[0] - 5000.0, _ce_inputs(3, 5, 4, 1.0)[1])]
     if hidden:
-        specs += [("N=64, V=100", *_ce_inputs(4, 64, 100, 3.0))]
+        specs += [("N=64, V=100", *_ce_inputs(hidden_seed("ch01.cross_entropy", 4), 64, 100, 3.0))]
     for name, logits, targets in specs:
         yield Case(name, (logits, targets), expected=lambda l=logits, t=targets: F.cross_entropy(l.double(), t),
                    compare=lambda e, g: compare_tensors(e, g, atol=1e-4, rtol=1e-4))
@@ -133,7 +135,7 @@ def _ppl_cases(hidden: bool):
     specs = [("N=6, V=4", *_ce_inputs(5, 6, 4, 1.0)), ("uniform logits: perplexity = V", torch.zeros(3, 7), torch.tensor([0, 3, 6])),
              ("confident and right: perplexity near 1", torch.eye(4) * 20, torch.arange(4))]
     if hidden:
-        specs += [("N=50, V=30", *_ce_inputs(6, 50, 30, 2.0))]
+        specs += [("N=50, V=30", *_ce_inputs(hidden_seed("ch01.perplexity", 6), 50, 30, 2.0))]
     for name, logits, targets in specs:
         yield Case(name, (logits, targets), expected=lambda l=logits, t=targets: math.exp(F.cross_entropy(l.double(), t).item()),
                    compare=lambda e, g: compare_float(e, g, atol=1e-4, rtol=1e-4))

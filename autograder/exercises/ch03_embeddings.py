@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core import Case, Exercise, Mistake, compare_tensors, register
+from ..core import Case, Exercise, Mistake, compare_tensors, hidden_seed, register
 
 CH = "ch03"
 SOL = "solutions.ch03_embeddings"
@@ -91,9 +91,10 @@ def _onehot_cases(hidden: bool):
               torch.randn(12, 5, generator=g)),
              ("a single id", torch.tensor([2]), torch.randn(3, 6, generator=g))]
     if hidden:
-        specs += [("V=1000, d=32, ids (4, 50)", torch.randint(0, 1000, (4, 50), generator=g),
-                   torch.randn(1000, 32, generator=g)),
-                  ("no ids at all (shape (0,))", torch.zeros(0, dtype=torch.int64), torch.randn(5, 2, generator=g))]
+        gh = gen(hidden_seed("ch03.embed_onehot", 0))
+        specs += [("V=1000, d=32, ids (4, 50)", torch.randint(0, 1000, (4, 50), generator=gh),
+                   torch.randn(1000, 32, generator=gh)),
+                  ("no ids at all (shape (0,))", torch.zeros(0, dtype=torch.int64), torch.randn(5, 2, generator=gh))]
     for name, ids, weight in specs:
         yield Case(name, (ids, weight), expected=lambda i=ids, w=weight: _embedding_ref(i, w),
                    compare=tensors(1e-6, 1e-6))
@@ -193,12 +194,13 @@ def _tpe_ref(tok, pos, ids):
 
 def _tpe_cases(hidden: bool):
     g = gen(1)
-    specs = [("V=11, 8 positions, d=4, ids (2, 5)", 11, 8, 4, (2, 5)),
-             ("a sequence as long as the table allows (T = n_positions = 6)", 9, 6, 3, (3, 6)),
-             ("one token per row, ids (4, 1)", 5, 4, 2, (4, 1))]
+    specs = [("V=11, 8 positions, d=4, ids (2, 5)", 11, 8, 4, (2, 5), g),
+             ("a sequence as long as the table allows (T = n_positions = 6)", 9, 6, 3, (3, 6), g),
+             ("one token per row, ids (4, 1)", 5, 4, 2, (4, 1), g)]
     if hidden:
-        specs += [("V=100, 64 positions, d=32, ids (3, 40)", 100, 64, 32, (3, 40))]
-    for name, v, p, d, shape in specs:
+        gh = gen(hidden_seed("ch03.token_and_position", 1))
+        specs += [("V=100, 64 positions, d=32, ids (3, 40)", 100, 64, 32, (3, 40), gh)]
+    for name, v, p, d, shape, g in specs:
         tok, pos = torch.randn(v, d, generator=g), torch.randn(p, d, generator=g)
         ids = torch.randint(0, v, shape, generator=g)
         yield Case(name, (v, p, d, tok, pos, ids), run=_tpe_run,
@@ -302,10 +304,11 @@ def _rope_cases(hidden: bool):
              ("base 500000 (Llama 3), d_head 32", torch.randn(1, 4, 5, 32, generator=g), torch.arange(5) * 37,
               500000.0)]
     if hidden:
-        specs += [("x (3, 8, 64, 64), positions 0..63", torch.randn(3, 8, 64, 64, generator=g), torch.arange(64),
+        gh = gen(hidden_seed("ch03.apply_rope", 2))
+        specs += [("x (3, 8, 64, 64), positions 0..63", torch.randn(3, 8, 64, 64, generator=gh), torch.arange(64),
                    10000.0),
-                  ("d_head 2 (a single pair)", torch.randn(1, 1, 5, 2, generator=g), torch.arange(5), 10000.0),
-                  ("positions 400..449, base 1000", torch.randn(2, 2, 50, 16, generator=g), torch.arange(400, 450),
+                  ("d_head 2 (a single pair)", torch.randn(1, 1, 5, 2, generator=gh), torch.arange(5), 10000.0),
+                  ("positions 400..449, base 1000", torch.randn(2, 2, 50, 16, generator=gh), torch.arange(400, 450),
                    1000.0)]
     for name, x, positions, base in specs:
         # Llama computes cos/sin in float32: angles of a few hundred radians are good to about 1e-5.

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core import Case, Exercise, Mistake, inherit, register
+from ..core import Case, Exercise, Mistake, hidden_seed, inherit, register
 from .ch03_embeddings import ContractError, gen, load_by_name, tensors
 
 CH = "ch04"
@@ -109,15 +109,16 @@ def _sdpa_cases(hidden: bool):
         ("no batch or head dimensions: q (4, 16), causal", _qkv(6, (), 4, 4, 16, scale=2.0), None, True),
     ]
     if hidden:
-        g = gen(7)
+        ex = "ch04.scaled_dot_product_attention"
+        g = gen(hidden_seed(ex, 7))
         any_mask = torch.rand(2, 1, 9, 9, generator=g) < 0.5
         any_mask |= torch.eye(9, dtype=torch.bool)  # every query keeps at least one key
-        specs += [("B=4, 8 heads, T=32, d_k=64, causal", _qkv(8, (4, 8), 32, 32, 64), None, True),
-                  ("an arbitrary (B, 1, T, T) mask", _qkv(9, (2, 3), 9, 9, 8), any_mask, False),
-                  ("large scores (inputs scaled by 10), causal + padding", _qkv(10, (2, 2), 7, 7, 8, scale=10.0),
-                   _padding([7, 2], 7), True),
-                  ("T_q=1 (one new token), T_k=9, causal + padding", _qkv(11, (2, 2), 1, 9, 8), _padding([9, 6], 9),
-                   True)]
+        specs += [("B=4, 8 heads, T=32, d_k=64, causal", _qkv(hidden_seed(ex, 8), (4, 8), 32, 32, 64), None, True),
+                  ("an arbitrary (B, 1, T, T) mask", _qkv(hidden_seed(ex, 9), (2, 3), 9, 9, 8), any_mask, False),
+                  ("large scores (inputs scaled by 10), causal + padding",
+                   _qkv(hidden_seed(ex, 10), (2, 2), 7, 7, 8, scale=10.0), _padding([7, 2], 7), True),
+                  ("T_q=1 (one new token), T_k=9, causal + padding", _qkv(hidden_seed(ex, 11), (2, 2), 1, 9, 8),
+                   _padding([9, 6], 9), True)]
     for name, (q, k, v), mask, is_causal in specs:
         yield Case(name, (q, k, v), _mask_kwargs(mask, is_causal), expected=lambda q=q, k=k, v=v, m=mask, c=is_causal: _sdpa_ref(q, k, v, m, c),
                    compare=tensors(1e-5, 1e-4))
@@ -232,12 +233,16 @@ def _mha_cases(hidden: bool):
              ("causal + key padding mask vs GPT2Attention", "gpt2", 16, 2, True, True, (3, 7), [7, 5, 2]),
              ("bias=False vs nn.MultiheadAttention", "torch", 8, 2, False, True, (2, 4), None),
              ("a single head (n_heads=1) vs GPT2Attention", "gpt2", 8, 1, True, True, (1, 6), None)]
+    n_visible = len(specs)
     if hidden:
         specs += [("d=64, 8 heads, x (3, 20, 64) vs GPT2Attention", "gpt2", 64, 8, True, True, (3, 20), [20, 11, 1]),
                   ("d=24, 6 heads, causal=False vs nn.MultiheadAttention", "torch", 24, 6, True, False, (2, 9), [9, 3])]
     for i, (name, ref, d, h, bias, causal, (B, T), lengths) in enumerate(specs):
-        state = _mha_state(20 + i, d, bias)
-        x = torch.randn(B, T, d, generator=gen(40 + i))
+        seeds = (20 + i, 40 + i)
+        if i >= n_visible:
+            seeds = tuple(hidden_seed("ch04.multi_head_attention", s) for s in seeds)
+        state = _mha_state(seeds[0], d, bias)
+        x = torch.randn(B, T, d, generator=gen(seeds[1]))
         kpm = None if lengths is None else _padding(lengths, T)[:, 0, 0, :]
         reference = _ref_torch_mha if ref == "torch" else _ref_gpt2
         args = (d, h, bias, causal, state, x, kpm)
@@ -364,10 +369,11 @@ def _load_ref(d, n_heads, gpt2_state, x):
 
 def _load_cases(hidden: bool):
     specs = [("d=8, 2 heads", 8, 2), ("d=12, 3 heads", 12, 3)]
+    n_visible = len(specs)
     if hidden:
         specs += [("d=32, 4 heads", 32, 4)]
     for i, (name, d, h) in enumerate(specs):
-        g = gen(60 + i)
+        g = gen(60 + i if i < n_visible else hidden_seed("ch04.load_gpt2_attention", 60 + i))
         state = {"c_attn.weight": torch.randn(d, 3 * d, generator=g), "c_attn.bias": torch.randn(3 * d, generator=g),
                  "c_proj.weight": torch.randn(d, d, generator=g), "c_proj.bias": torch.randn(d, generator=g)}
         x = torch.randn(2, 3, d, generator=g)
@@ -438,12 +444,13 @@ def _gqa_cases(hidden: bool):
              ("one key/value head for 4 query heads (multi-query attention)", (2, 4, 1, 5, 5, 4), None, True, "llama"),
              ("as many key/value heads as query heads (plain multi-head)", (1, 3, 3, 4, 4, 8), None, False, "sdpa"),
              ("8 query heads, 4 key/value heads, causal + padding", (2, 8, 4, 6, 6, 8), [6, 3], True, "sdpa")]
+    n_visible = len(specs)
     if hidden:
         specs += [("32 query heads, 8 key/value heads, T=24, d_head=16 (Llama 3 8B's ratio)", (2, 32, 8, 24, 24, 16),
                    None, True, "llama"),
                   ("T_q=2 new tokens against T_k=7 cached keys, causal", (1, 4, 2, 2, 7, 8), None, True, "sdpa")]
     for i, (name, (B, Hq, Hkv, T_q, T_k, d), lengths, is_causal, via) in enumerate(specs):
-        g = gen(80 + i)
+        g = gen(80 + i if i < n_visible else hidden_seed("ch04.grouped_query_attention", 80 + i))
         q = torch.randn(B, Hq, T_q, d, generator=g)
         k, v = torch.randn(B, Hkv, T_k, d, generator=g), torch.randn(B, Hkv, T_k, d, generator=g)
         mask = None if lengths is None else _padding(lengths, T_k)

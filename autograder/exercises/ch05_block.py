@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core import Case, Exercise, Mistake, compare_tensors, inherit, register
+from ..core import Case, Exercise, Mistake, compare_tensors, hidden_seed, inherit, register
 
 CH = "ch05"
 SOL = "solutions.ch05_block"
@@ -134,11 +134,12 @@ def _ln_cases(hidden: bool):
         ("float32, mean 1000 and std 1 (a naive E[x^2] - E[x]^2 cancels)", 64, 1e-5,
          _x(4, (2, 3, 64), shift=1000.0, dtype=torch.float32)),
     ]
+    n_visible = len(specs)
     if hidden:
-        specs += [("x (3, 7, 48), eps=1e-6", 48, 1e-6, _x(5, (3, 7, 48), scale=2.0, shift=-1.0)),
-                  ("x (1, 9, 24) float32", 24, 1e-5, _x(6, (1, 9, 24), dtype=torch.float32))]
+        specs += [("x (3, 7, 48), eps=1e-6", 48, 1e-6, _x(hidden_seed("ch05.layer_norm", 5), (3, 7, 48), scale=2.0, shift=-1.0)),
+                  ("x (1, 9, 24) float32", 24, 1e-5, _x(hidden_seed("ch05.layer_norm", 6), (1, 9, 24), dtype=torch.float32))]
     for i, (name, d, eps, x) in enumerate(specs):
-        state = {k: v.to(x.dtype) for k, v in _norm_state(100 + i, d).items()}
+        state = {k: v.to(x.dtype) for k, v in _norm_state(100 + i if i < n_visible else hidden_seed("ch05.layer_norm", 100 + i), d).items()}
         tol = _tensors(1e-9, 1e-9) if x.dtype == torch.float64 else _tensors(2e-4, 1e-4)
         yield case(name, (state, x), run=_module_run(d, eps=eps),
                    expected=lambda s=state, x=x, d=d, eps=eps: _ref_layer_norm(s, x, d, eps), compare=tol)
@@ -222,12 +223,13 @@ def _rms_cases(hidden: bool):
         ("eps=0.5, x (4, 12) (LlamaRMSNorm)", 12, 0.5, _x(13, (4, 12), dtype=torch.float32), "llama"),
         ("float32, a batch of one", 8, 1e-6, _x(14, (1, 1, 8), dtype=torch.float32), "torch"),
     ]
+    n_visible = len(specs)
     if hidden:
-        specs += [("x (2, 9, 64), eps=1e-5 (LlamaRMSNorm)", 64, 1e-5, _x(15, (2, 9, 64), scale=4.0, dtype=torch.float32),
+        specs += [("x (2, 9, 64), eps=1e-5 (LlamaRMSNorm)", 64, 1e-5, _x(hidden_seed("ch05.rms_norm", 15), (2, 9, 64), scale=4.0, dtype=torch.float32),
                    "llama"),
-                  ("x (5, 40) float32 (torch.nn.RMSNorm)", 40, 1e-6, _x(16, (5, 40), dtype=torch.float32), "torch")]
+                  ("x (5, 40) float32 (torch.nn.RMSNorm)", 40, 1e-6, _x(hidden_seed("ch05.rms_norm", 16), (5, 40), dtype=torch.float32), "torch")]
     for i, (name, d, eps, x, which) in enumerate(specs):
-        state = {"weight": _norm_state(200 + i, d, bias=False)["weight"].to(x.dtype)}
+        state = {"weight": _norm_state(200 + i if i < n_visible else hidden_seed("ch05.rms_norm", 200 + i), d, bias=False)["weight"].to(x.dtype)}
         tol = _tensors(1e-9, 1e-9) if x.dtype == torch.float64 else _tensors(2e-5, 1e-4)
         yield case(name, (state, x), run=_module_run(d, eps=eps),
                    expected=lambda s=state, x=x, d=d, eps=eps, w=which: _ref_rms_norm(s, x, d, eps, w), compare=tol)
@@ -316,11 +318,12 @@ def _mlp_cases(hidden: bool):
     specs = [("d=16, hidden 64, x (2, 5, 16)", 16, 64, _x(20, (2, 5, 16))),
              ("d=8, hidden 8 (square weights), x (1, 1, 8)", 8, 8, _x(21, (1, 1, 8))),
              ("d=12, hidden 48, x (3, 12) float32", 12, 48, _x(22, (3, 12), dtype=torch.float32))]
+    n_visible = len(specs)
     if hidden:
-        specs += [("d=32, hidden 128, x (2, 7, 32)", 32, 128, _x(23, (2, 7, 32), scale=2.0)),
-                  ("d=20, hidden 30, x (4, 3, 20)", 20, 30, _x(24, (4, 3, 20)))]
+        specs += [("d=32, hidden 128, x (2, 7, 32)", 32, 128, _x(hidden_seed("ch05.mlp", 23), (2, 7, 32), scale=2.0)),
+                  ("d=20, hidden 30, x (4, 3, 20)", 20, 30, _x(hidden_seed("ch05.mlp", 24), (4, 3, 20)))]
     for i, (name, d, h, x) in enumerate(specs):
-        state = _mlp_state(300 + i, d, h, x.dtype)
+        state = _mlp_state(300 + i if i < n_visible else hidden_seed("ch05.mlp", 300 + i), d, h, x.dtype)
         tol = _tensors(1e-9, 1e-9) if x.dtype == torch.float64 else _tensors(2e-5, 1e-4)
         yield case(name, (state, x), run=_module_run(d, h),
                    expected=lambda s=state, x=x, d=d, h=h: _ref_gpt2_mlp(s, x, d, h), compare=tol)
@@ -399,10 +402,11 @@ def _swiglu_cases(hidden: bool):
     specs = [("d=16, hidden 40, x (2, 5, 16)", 16, 40, _x(30, (2, 5, 16))),
              ("d=8, hidden 8, x (1, 1, 8)", 8, 8, _x(31, (1, 1, 8))),
              ("d=12, hidden 32, x (3, 12) float32", 12, 32, _x(32, (3, 12), dtype=torch.float32))]
+    n_visible = len(specs)
     if hidden:
-        specs += [("d=32, hidden 86, x (2, 6, 32)", 32, 86, _x(33, (2, 6, 32), scale=1.5))]
+        specs += [("d=32, hidden 86, x (2, 6, 32)", 32, 86, _x(hidden_seed("ch05.swiglu", 33), (2, 6, 32), scale=1.5))]
     for i, (name, d, h, x) in enumerate(specs):
-        state = _swiglu_state(400 + i, d, h, x.dtype)
+        state = _swiglu_state(400 + i if i < n_visible else hidden_seed("ch05.swiglu", 400 + i), d, h, x.dtype)
         tol = _tensors(1e-9, 1e-9) if x.dtype == torch.float64 else _tensors(2e-5, 1e-4)
         yield case(name, (state, x), run=_module_run(d, h),
                    expected=lambda s=state, x=x, d=d, h=h: _ref_llama_mlp(s, x, d, h), compare=tol)
@@ -495,10 +499,11 @@ def _block_cases(hidden: bool):
              ("d=32, 4 heads, x (1, 9, 32)", 32, 4, _x(41, (1, 9, 32))),
              ("one token, x (3, 1, 8), 1 head", 8, 1, _x(42, (3, 1, 8))),
              ("d=24, 3 heads, x (2, 6, 24) float32", 24, 3, _x(43, (2, 6, 24), dtype=torch.float32))]
+    n_visible = len(specs)
     if hidden:
-        specs += [("d=48, 6 heads, x (2, 12, 48)", 48, 6, _x(44, (2, 12, 48), scale=2.0, shift=0.5))]
+        specs += [("d=48, 6 heads, x (2, 12, 48)", 48, 6, _x(hidden_seed("ch05.block", 44), (2, 12, 48), scale=2.0, shift=0.5))]
     for i, (name, d, h, x) in enumerate(specs):
-        state = _block_state(500 + i, d, x.dtype)
+        state = _block_state(500 + i if i < n_visible else hidden_seed("ch05.block", 500 + i), d, x.dtype)
         tol = _tensors(1e-9, 1e-8) if x.dtype == torch.float64 else _tensors(5e-5, 1e-4)
         yield case(name, (state, x), run=_module_run(d, h),
                    expected=lambda s=state, x=x, d=d, h=h: _ref_gpt2_block(s, x, d, h), compare=tol)

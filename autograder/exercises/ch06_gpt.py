@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core import Exercise, Mistake, compare_equal, compare_tensors, inherit, register
+from ..core import Exercise, Mistake, compare_equal, compare_tensors, hidden_seed, inherit, register
 from .ch05_block import case
 
 CH = "ch06"
@@ -32,12 +32,13 @@ SOL = "solutions.ch06_gpt"
 # Tiny Hugging Face GPT-2 models, and the same weights under our names
 # ----------------------------------------------------------------------------------------
 # (seed, vocab, positions, width, layers, heads); greedy decoding on these models has a
-# clear winner at every step of the cases below (no near-ties for rounding to flip).
+# clear winner at every step of the cases below (no near-ties for rounding to flip). "D" serves
+# hidden cases only, as "D@<seed>" with a seed from hidden_seed (see _spec).
 SPECS = {
     "A": (0, 120, 48, 32, 2, 4),
     "B": (1, 256, 64, 64, 3, 4),
     "C": (2, 100, 40, 48, 4, 2),
-    "D": (3, 300, 32, 40, 2, 5),
+    "D": (None, 300, 32, 40, 2, 5),
 }
 
 
@@ -53,8 +54,18 @@ class GraderConfig:
     eps: float = 1e-5
 
 
+def _spec(spec: str) -> tuple:
+    """SPECS[spec]; "<name>@<seed>" is model <name> with its weights drawn from <seed>."""
+    name, _, seed = spec.partition("@")
+    return (int(seed), *SPECS[name][1:]) if seed else SPECS[name]
+
+
+def _hidden_spec(ex: str) -> str:
+    return f"D@{hidden_seed(ex, 'D')}"
+
+
 def _config(spec) -> GraderConfig:
-    _, V, P, d, L, H = SPECS[spec]
+    _, V, P, d, L, H = _spec(spec)
     return GraderConfig(vocab_size=V, block_size=P, n_layer=L, n_head=H, n_embd=d)
 
 
@@ -71,7 +82,7 @@ def hf_model(spec: str):
     """A tiny GPT2LMHeadModel in eval mode (shared: never hand it to the learner's code)."""
     from transformers import GPT2LMHeadModel
 
-    seed, V, P, d, L, H = SPECS[spec]
+    seed, V, P, d, L, H = _spec(spec)
     with torch.random.fork_rng():  # leave the learner's global RNG alone
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(_hf_config(V, P, d, L, H)).eval()
@@ -222,7 +233,8 @@ def _gpt_cases(hidden: bool):
              ("vocab 256, 3 layers, width 64; one sequence of 64 tokens (the full context)", "B", _prompt(1, 1, 64, 256)),
              ("vocab 100, 4 layers, width 48, 2 heads; one token", "C", _prompt(2, 3, 1, 100))]
     if hidden:
-        specs += [("vocab 300, 2 layers, width 40, 5 heads; 4 sequences of 20 tokens", "D", _prompt(3, 4, 20, 300))]
+        specs += [("vocab 300, 2 layers, width 40, 5 heads; 4 sequences of 20 tokens", _hidden_spec("ch06.gpt"),
+                   _prompt(hidden_seed("ch06.gpt", 3), 4, 20, 300))]
     for name, spec, idx in specs:
         yield case(name, (spec, idx), run=_gpt_run, expected=lambda s=spec, i=idx: _hf_logits(s, i),
                    compare=_tensors(2e-4, 1e-4))
@@ -289,7 +301,7 @@ def _convert_cases(hidden: bool):
     _import_hf()
     specs = [("2 layers, width 32", "A"), ("3 layers, width 64", "B")]
     if hidden:
-        specs += [("4 layers, width 48", "C")]
+        specs += [("4 layers, width 48", f"C@{hidden_seed('ch06.convert_gpt2', 'C')}")]
     for name, spec in specs:
         sd = {k: v.detach().clone() for k, v in hf_model(spec).state_dict().items()}
         yield case(f"GPT2LMHeadModel state dict, {name}", (sd,), expected=lambda s=spec: hf_model(s),
@@ -489,6 +501,33 @@ def _logits(seed, B, V, scale=2.0):
     return torch.randn(B, V, generator=torch.Generator().manual_seed(seed)) * scale
 
 
+def _hidden_logits(ex, k, B, V, scale, ok):
+    """Random logits for a hidden case, re-drawn (a bounded number of times) until ok(logits)."""
+    for attempt in range(100):
+        logits = _logits(hidden_seed(ex, k, attempt), B, V, scale)
+        if ok(logits):
+            return logits
+    raise RuntimeError(f"no suitable logits for a hidden case of {ex}")
+
+
+def _clear_filters(temperature=1.0, top_k=None, top_p=None, margin=1e-4):
+    """ok() for _hidden_logits: no near-tie at the k-th largest logit and no cumulative probability
+    near top_p, so that rounding cannot move the boundary of a filter."""
+    def ok(logits):
+        x = logits.double() / temperature
+        if top_k is not None and top_k < x.shape[-1]:
+            top = x.topk(top_k + 1, dim=-1).values
+            if float((top[:, -2] - top[:, -1]).min()) <= margin:
+                return False
+            x = x.masked_fill(x < top[:, -2:-1], float("-inf"))
+        if top_p is not None:
+            cum = torch.softmax(x, -1).sort(-1, descending=True).values.cumsum(-1)
+            if float((cum - top_p).abs().min()) <= margin:
+                return False
+        return True
+    return ok
+
+
 def _hf_top_k(logits, k):
     from transformers.generation.logits_process import TopKLogitsWarper
 
@@ -513,7 +552,7 @@ def _top_k_cases(hidden: bool):
              ("k > V keeps everything", _logits(3, 2, 5), 50),
              ("ties at the k-th value are kept: [3, 2, 2, 1, 0], k=2", torch.tensor([[3.0, 2.0, 2.0, 1.0, 0.0]]), 2)]
     if hidden:
-        specs += [("B=4, V=300, k=40", _logits(4, 4, 300, 3.0), 40),
+        specs += [("B=4, V=300, k=40", _hidden_logits("ch06.top_k", 4, 4, 300, 3.0, _clear_filters(top_k=40)), 40),
                   ("already filtered (-inf) entries, k=2", torch.tensor([[1.0, float("-inf"), 0.5, 2.0]]), 2)]
     for name, logits, k in specs:
         yield case(name, (logits, k), expected=lambda l=logits, k=k: _hf_top_k(l, k), compare=_exact)
@@ -563,7 +602,8 @@ def _top_p_cases(hidden: bool):
              ("B=3, V=12 random logits, p=0.9", _logits(10, 3, 12), 0.9),
              ("unsorted vocabulary order, p=0.7", torch.log(torch.tensor([[0.05, 0.4, 0.1, 0.35, 0.1]])).flip(-1), 0.7)]
     if hidden:
-        specs += [("B=2, V=200 random logits, p=0.95", _logits(11, 2, 200, 3.0), 0.95),
+        specs += [("B=2, V=200 random logits, p=0.95",
+                   _hidden_logits("ch06.top_p", 11, 2, 200, 3.0, _clear_filters(top_p=0.95)), 0.95),
                   ("some entries already -inf, p=0.5", torch.tensor([[2.0, float("-inf"), 1.0, 0.1, float("-inf")]]), 0.5)]
     for name, logits, p in specs:
         yield case(name, (logits, p), expected=lambda l=logits, p=p: _hf_top_p(l, p), compare=_exact)
@@ -626,8 +666,11 @@ def _process_cases(hidden: bool):
              ("temperature 2.0, top-k 8, top-p 0.6", _logits(23, 2, 40), 2.0, 8, 0.6),
              ("temperature 0.4, top-p 0.8: the temperature changes the nucleus", _logits(24, 1, 16, 1.0), 0.4, None, 0.8)]
     if hidden:
-        specs += [("temperature 1.0, top-k 50, top-p 0.95, V=300", _logits(25, 4, 300, 3.0), 1.0, 50, 0.95),
-                  ("temperature 3.0, top-k 3, top-p 0.5", _logits(26, 2, 12), 3.0, 3, 0.5)]
+        ex = "ch06.process_logits"
+        specs += [("temperature 1.0, top-k 50, top-p 0.95, V=300",
+                   _hidden_logits(ex, 25, 4, 300, 3.0, _clear_filters(1.0, 50, 0.95)), 1.0, 50, 0.95),
+                  ("temperature 3.0, top-k 3, top-p 0.5",
+                   _hidden_logits(ex, 26, 2, 12, 2.0, _clear_filters(3.0, 3, 0.5)), 3.0, 3, 0.5)]
     for name, logits, t, k, p in specs:
         yield case(name, (logits,), {"temperature": t, "top_k": k, "top_p": p},
                    expected=lambda l=logits, t=t, k=k, p=p: _hf_process(l, t, k, p), compare=_exact)
@@ -732,11 +775,15 @@ def _cached_attention_cases(hidden: bool):
              ("one position at a time from an empty cache (d=8, 1 head)", 8, 1, (1, 6), [1, 1, 1, 1, 1, 1]),
              ("prefill 3, then a chunk of 4 new positions at once (d=24, 3 heads)", 24, 3, (2, 7), [3, 4]),
              ("everything in one call: plain causal attention (d=16, 4 heads)", 16, 4, (3, 5), [5])]
+    n_visible = len(specs)
     if hidden:
         specs += [("prefill 10, chunks of 2, 1, 3 (d=32, 4 heads)", 32, 4, (2, 16), [10, 2, 1, 3])]
     for i, (name, d, h, (B, T), sizes) in enumerate(specs):
-        state = _attn_state(600 + i, d)
-        x = torch.randn(B, T, d, generator=torch.Generator().manual_seed(700 + i), dtype=torch.float64)
+        seeds = (600 + i, 700 + i)
+        if i >= n_visible:
+            seeds = tuple(hidden_seed("ch06.cached_attention", s) for s in seeds)
+        state = _attn_state(seeds[0], d)
+        x = torch.randn(B, T, d, generator=torch.Generator().manual_seed(seeds[1]), dtype=torch.float64)
         yield case(name, (state, h, x, sizes), run=_cached_attention_run,
                    expected=lambda s=state, x=x, h=h: _hf_attention(s, x, h), compare=_tensors(1e-9, 1e-8))
 
@@ -811,7 +858,8 @@ def _forward_cases(hidden: bool):
              ("prompt of 1, then chunks of 3 and 5 (3 layers)", "B", _prompt(31, 1, 9, 256), [1, 3, 5]),
              ("the whole context: prompt 30, then 10 steps (4 layers)", "C", _prompt(32, 2, 40, 100), [30] + [1] * 10)]
     if hidden:
-        specs += [("prompt 12, then 20 steps (vocab 300)", "D", _prompt(33, 3, 32, 300), [12] + [1] * 20)]
+        specs += [("prompt 12, then 20 steps (vocab 300)", _hidden_spec("ch06.forward_with_cache"),
+                   _prompt(hidden_seed("ch06.forward_with_cache", 33), 3, 32, 300), [12] + [1] * 20)]
     for name, spec, idx, sizes in specs:
         yield case(name, (spec, idx, sizes), run=_forward_run,
                    expected=lambda s=spec, i=idx: _hf_logits(s, i), compare=_tensors(2e-4, 1e-4))
@@ -852,9 +900,29 @@ register(Exercise(
 @functools.lru_cache(maxsize=None)
 def _hf_generate_cached(spec, prompt_seed, B, T, n_new):
     hf = hf_model(spec)
-    idx = _prompt(prompt_seed, B, T, SPECS[spec][1])
+    idx = _prompt(prompt_seed, B, T, _spec(spec)[1])
     with torch.no_grad():
         return hf.generate(idx, do_sample=False, max_new_tokens=n_new)
+
+
+@functools.lru_cache(maxsize=None)
+def _clear_prompt_seed(spec, first_seed, B, T, n_new, margin=1e-2):
+    """The seed of a hidden prompt without the pad id (generate() would mask it out) whose greedy
+    continuation has a clear winner at every step: first_seed, first_seed + 1, ... (a bounded
+    number of them) until one qualifies."""
+    hf = hf_model(spec)
+    for attempt in range(200):
+        seed = first_seed + attempt
+        idx = _prompt(seed, B, T, _spec(spec)[1])
+        if bool((idx == hf.config.pad_token_id).any()):
+            continue
+        with torch.no_grad():
+            out = hf.generate(idx, do_sample=False, max_new_tokens=n_new, output_scores=True,
+                              return_dict_in_generate=True)
+        top2 = torch.stack(out.scores).topk(2, dim=-1).values
+        if float((top2[..., 0] - top2[..., 1]).min()) > margin:
+            return seed
+    raise RuntimeError("no hidden prompt with a clear greedy continuation")
 
 
 def _generate_run(fn, spec, idx, n_new, use_cache):
@@ -908,10 +976,13 @@ def _generate_cases(hidden: bool):
              ("greedy without the cache, same model", "A", 40, 2, 5, 12, False),
              ("greedy with the cache, one prompt of 1 token, 16 new (3 layers)", "B", 41, 1, 1, 16, True)]
     if hidden:
-        specs += [("greedy with the cache up to the full context: 28 + 12 tokens (4 layers)", "C", 42, 2, 28, 12, True),
-                  ("greedy without the cache, vocab 300", "D", 43, 3, 6, 10, False)]
+        d_spec = _hidden_spec("ch06.generate")
+        specs += [("greedy with the cache up to the full context: 28 + 12 tokens (4 layers)", "C",
+                   _clear_prompt_seed("C", hidden_seed("ch06.generate", 42), 2, 28, 12), 2, 28, 12, True),
+                  ("greedy without the cache, vocab 300", d_spec,
+                   _clear_prompt_seed(d_spec, hidden_seed("ch06.generate", 43), 3, 6, 10), 3, 6, 10, False)]
     for name, spec, seed, B, T, n_new, use_cache in specs:
-        idx = _prompt(seed, B, T, SPECS[spec][1])
+        idx = _prompt(seed, B, T, _spec(spec)[1])
         yield case(name, (spec, idx, n_new, use_cache), run=_generate_run,
                    expected=lambda a=(spec, seed, B, T, n_new): _hf_generate_cached(*a),
                    compare=lambda e, g: compare_tensors(e, g, atol=0, rtol=0))

@@ -9,7 +9,7 @@ import tempfile
 import torch
 import torch.nn.functional as F
 
-from ..core import Case, Exercise, Mistake, compare_float, compare_tensors, register
+from ..core import Case, Exercise, Mistake, compare_float, compare_tensors, hidden_seed, register
 
 CH = "ch07"
 SOL = "solutions.ch07_pretraining"
@@ -155,8 +155,10 @@ def _batch_cases(hidden: bool):
              ("N = block_size + 1: a single window", 9, 8, 4, 20, True, 2),
              ("N=5000, block_size=64, batch_size=32 (only bounds)", 5000, 64, 32, 20, False, 3)]
     if hidden:
-        specs += [("N=70, block_size=20, batch_size=5 (600 batches)", 70, 20, 5, 600, True, 4),
-                  ("N=12, block_size=3, batch_size=1 (400 batches)", 12, 3, 1, 400, True, 5)]
+        specs += [("N=70, block_size=20, batch_size=5 (600 batches)", 70, 20, 5, 600, True,
+                   hidden_seed("ch07.get_batch", 4)),
+                  ("N=12, block_size=3, batch_size=1 (400 batches)", 12, 3, 1, 400, True,
+                   hidden_seed("ch07.get_batch", 5))]
     for name, n, t, b, calls, coverage, seed in specs:
         data = _stream(n, seed)
         expected = {"form": "ok", "windows": True, "targets": "shifted", "range": "every start",
@@ -232,14 +234,15 @@ def _ce_cases(hidden: bool):
              ("very negative logits (-5000 shift)", _ce_inputs(3, (3, 2, 7), shift=-5000.0)),
              ("B=4, T=16, V=65, float64", _ce_inputs(4, (4, 16, 65), scale=3.0, dtype=torch.float64))]
     if hidden:
-        specs += [("B=8, T=32, V=300", _ce_inputs(5, (8, 32, 300), scale=2.0)),
-                  ("T=1, V=2", _ce_inputs(6, (5, 1, 2), scale=10.0))]
+        specs += [("B=8, T=32, V=300", _ce_inputs(hidden_seed("ch07.cross_entropy", 5), (8, 32, 300), scale=2.0)),
+                  ("T=1, V=2", _ce_inputs(hidden_seed("ch07.cross_entropy", 6), (5, 1, 2), scale=10.0))]
     for name, (logits, targets) in specs:
         yield Case(name, (logits, targets), expected=lambda l=logits, t=targets: _ref_ce(l, t),
                    compare=lambda e, g: compare_tensors(e, g, atol=1e-4, rtol=1e-5))
     grad_specs = [("gradient with respect to the logits (B=2, T=5, V=7)", _ce_inputs(7, (2, 5, 7), scale=2.0))]
     if hidden:
-        grad_specs += [("gradient with huge logits", _ce_inputs(8, (2, 3, 4), scale=500.0))]
+        grad_specs += [("gradient with huge logits",
+                        _ce_inputs(hidden_seed("ch07.cross_entropy", 8), (2, 3, 4), scale=500.0))]
     for name, (logits, targets) in grad_specs:
         yield Case(name, (logits, targets), run=_ce_grad_run, expected=lambda l=logits, t=targets: _ce_ref_grad(l, t),
                    compare=lambda e, g: compare_tensors(e, g, atol=1e-6, rtol=1e-4))
@@ -370,10 +373,11 @@ def _adamw_cases(hidden: bool):
     if hidden:
         specs += [
             ("float32, 200 steps, betas (0.9, 0.95), eps 1e-6",
-             dict(seed=5, shapes=[(8, 8), (8,)], steps=200, dtype=torch.float32,
+             dict(seed=hidden_seed("ch07.AdamW", 5), shapes=[(8, 8), (8,)], steps=200, dtype=torch.float32,
                   kw=dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-6, weight_decay=0.05))),
-            ("no weight decay: plain Adam", dict(seed=6, shapes=[(3, 2)], steps=30, kw=dict(kw, weight_decay=0.0))),
-            ("default hyperparameters", dict(seed=7, shapes=[(2, 5)], steps=10, kw={})),
+            ("no weight decay: plain Adam",
+             dict(seed=hidden_seed("ch07.AdamW", 6), shapes=[(3, 2)], steps=30, kw=dict(kw, weight_decay=0.0))),
+            ("default hyperparameters", dict(seed=hidden_seed("ch07.AdamW", 7), shapes=[(2, 5)], steps=10, kw={})),
         ]
     for name, spec in specs:
         yield Case(name, (spec,), run=_adamw_run, expected=lambda s=spec: _adamw_expected(s),
@@ -591,8 +595,11 @@ def _clip_cases(hidden: bool):
              ("a parameter without gradient is skipped", dict(seed=2, shapes=[(6,), (2, 3), (3,)], no_grad=[1], scale=2.0, max_norm=0.5)),
              ("parameters passed as a generator, like model.parameters()", dict(seed=3, shapes=[(5, 2), (7,)], scale=4.0, max_norm=1.0, generator=True))]
     if hidden:
-        specs += [("one large tensor, max_norm 5", dict(seed=4, shapes=[(64, 64)], scale=1.0, max_norm=5.0)),
-                  ("no gradients at all: norm 0", dict(seed=5, shapes=[(3,), (2,)], no_grad=[0, 1], scale=1.0, max_norm=1.0))]
+        ex = "ch07.clip_grad_norm"
+        specs += [("one large tensor, max_norm 5",
+                   dict(seed=hidden_seed(ex, 4), shapes=[(64, 64)], scale=1.0, max_norm=5.0)),
+                  ("no gradients at all: norm 0",
+                   dict(seed=hidden_seed(ex, 5), shapes=[(3,), (2,)], no_grad=[0, 1], scale=1.0, max_norm=1.0))]
     for name, spec in specs:
         yield Case(name, (spec,), run=_clip_run, expected=lambda s=spec: _clip_expected(s), compare=_compare_clip)
 
@@ -762,7 +769,7 @@ def _ckpt_cases(role):
         specs = [("checkpoint at step 6 of 12", 0, 12, 6), ("checkpoint at step 0 (nothing trained yet)", 1, 8, 0),
                  ("checkpoint at step 9 of 10", 2, 10, 9)]
         if hidden:
-            specs += [("checkpoint at step 13 of 25", 3, 25, 13)]
+            specs += [("checkpoint at step 13 of 25", hidden_seed(f"ch07.{role}_checkpoint", 3), 25, 13)]
         for name, seed, total, at in specs:
             if role == "save":
                 run = lambda fn, s, t, a: _resume_run(fn, _grader_load, s, t, a)  # noqa: E731

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from ..core import Case, Exercise, Mistake, compare_tensors, register
+from ..core import Case, Exercise, Mistake, compare_tensors, hidden_seed, register
 
 CH = "ch08"
 SOL = "solutions.ch08_objectives"
@@ -182,7 +182,7 @@ def _mask_cases(hidden: bool):
              ("p=1 selects every non-special token", 3, 64, 24, 1.0),
              ("a batch of one row", 4, 1, 12, 0.5)]
     if hidden:
-        specs += [("1024 rows, p=0.15, another seed", 5, 1024, 32, 0.15)]
+        specs += [("1024 rows, p=0.15, another seed", hidden_seed("ch08.mask_tokens", 5), 1024, 32, 0.15)]
     for name, seed, rows, max_len, p in specs:
         ids, special = _batch(seed, rows, max_len)
         yield Case(name, (ids, special, _SPECIAL_IDS, _MASK_ID, _VOCAB, p, seed), run=_mask_run,
@@ -273,7 +273,7 @@ def _mlm_cases(hidden: bool):
              ("a batch of one, one label", 3, 1, 6, 20, 0.0, False, 1.0),
              ("huge logits (output layer x 2000)", 4, 2, 9, 30, 0.4, False, 2000.0)]
     if hidden:
-        specs += [("B=8, T=32, V=100, 15% labelled", 5, 8, 32, 100, 0.15, False, 1.0)]
+        specs += [("B=8, T=32, V=100, 15% labelled", hidden_seed("ch08.mlm_loss", 5), 8, 32, 100, 0.15, False, 1.0)]
     for name, *spec in specs:
         logits, labels, loss = _mlm_case(*spec)
         yield Case(name, (logits, labels), expected=lambda loss=loss: loss,
@@ -405,12 +405,12 @@ def _analyse_call(tokens, sentinels, inputs, targets, n_noise_want, n_spans_want
     return None, mask, spans
 
 
-def _span_run(fn, tokens, sentinels, density, mean_len, calls):
+def _span_run(fn, tokens, sentinels, density, mean_len, calls, first_seed=0):
     """Call the submission ``calls`` times; the analysis happens in the comparison, outside the call."""
     outputs = []
-    torch.manual_seed(0)  # for a submission that ignores the generator
+    torch.manual_seed(first_seed)  # for a submission that ignores the generator
     for c in range(calls):
-        out = fn(list(tokens), list(sentinels), density, mean_len, _gen(c))
+        out = fn(list(tokens), list(sentinels), density, mean_len, _gen(first_seed + c))
         if not isinstance(out, (tuple, list)) or len(out) != 2:
             raise TypeError(f"return a tuple (inputs, targets), got {type(out).__name__}")
         outputs.append((out[0], out[1]))
@@ -452,7 +452,7 @@ def _span_summary(run: dict) -> dict:
 
 
 @functools.lru_cache(maxsize=None)
-def _span_expected(tokens: tuple, sentinels: tuple, density, mean_len, calls):
+def _span_expected(tokens: tuple, sentinels: tuple, density, mean_len, calls, first_seed=0):
     """The same calls made with T5's own sampler, written here from its noise mask."""
     def t5(tokens, sentinels, density, mean_len, g):
         mask = _t5_noise_mask(len(tokens), density, mean_len, g)
@@ -464,7 +464,7 @@ def _span_expected(tokens: tuple, sentinels: tuple, density, mean_len, calls):
                 k += 1
             (targets if m else inputs).append(t)
         return inputs, targets + [sentinels[k]]
-    return _span_run(t5, list(tokens), list(sentinels), density, mean_len, calls)
+    return _span_run(t5, list(tokens), list(sentinels), density, mean_len, calls, first_seed)
 
 
 def _compare_span(expected_run: dict, got_run: dict) -> str | None:
@@ -503,12 +503,15 @@ def _span_cases(hidden: bool):
              ("12 tokens: a single span (round(1.8 / 3) = 1)", 12, 0.15, 3.0, 100),
              ("2 tokens: one noise token", 2, 0.15, 3.0, 10),
              ("40 tokens, density 0.5, mean span 5", 40, 0.5, 5.0, 100)]
+    specs = [(*spec, ()) for spec in specs]
     if hidden:
-        specs += [("200 tokens, density 0.15, mean span 3", 200, 0.15, 3.0, 40)]
-    for name, n, density, mean_len, calls in specs:
+        specs += [("200 tokens, density 0.15, mean span 3", 200, 0.15, 3.0, 40,
+                   (hidden_seed("ch08.span_corruption", 5),))]
+    for name, n, density, mean_len, calls, seed in specs:
         tokens = list(range(1, n + 1))
-        yield Case(name, (tokens, sentinels, density, mean_len, calls), run=_span_run,
-                   expected=lambda t=tokens, d=density, m=mean_len, c=calls: _span_expected(tuple(t), tuple(sentinels), d, m, c),
+        yield Case(name, (tokens, sentinels, density, mean_len, calls, *seed), run=_span_run,
+                   expected=lambda t=tokens, d=density, m=mean_len, c=calls, s=seed: _span_expected(
+                       tuple(t), tuple(sentinels), d, m, c, *s),
                    compare=_compare_span)
 
 
@@ -594,7 +597,8 @@ def _shift_cases(hidden: bool):
              ("length 1", torch.tensor([[3], [IGNORE]]), 2, 0),
              ("-100 in the middle, pad id 3", torch.tensor([[4, IGNORE, 6, 7, IGNORE]]), 0, 3)]
     if hidden:
-        specs += [("B=5, T=20", torch.randint(2, 60, (5, 20), generator=g), 0, 0)]
+        gh = _gen(hidden_seed("ch08.shift_right", 7))
+        specs += [("B=5, T=20", torch.randint(2, 60, (5, 20), generator=gh), 0, 0)]
     for name, labels, start, pad in specs:
         yield Case(name, (labels, start, pad),
                    expected=lambda l=labels, s=start, p=pad: _tiny_t5(0, start=s, pad=p)._shift_right(l.clone()),
@@ -697,7 +701,8 @@ def _bias_cases(hidden: bool):
              ("encoder, 3 queries and 25 keys (distances past max_distance)", 1, 3, 25, True, 8, 20),
              ("decoder, 1 query and 1 key", 1, 1, 1, False, 8, 20)]
     if hidden:
-        specs += [("encoder, 32 buckets, max distance 64, q = 40, k = 50", 2, 40, 50, True, 32, 64)]
+        specs += [("encoder, 32 buckets, max distance 64, q = 40, k = 50", hidden_seed("ch08.t5_position_bias", 2), 40,
+                   50, True, 32, 64)]
     for name, seed, q, k, bi, nb, md in specs:
         model = _tiny_t5(seed, nb, md)
         stack = model.encoder if bi else model.decoder
@@ -768,7 +773,8 @@ def _cross_cases(hidden: bool):
              ("B=3, source 6, target 6, padding in two rows", 1, 3, 6, 6, 2),
              ("a batch of one, no padding, one target token", 2, 1, 7, 1, 0)]
     if hidden:
-        specs += [("B=4, source 16, target 11, padding everywhere", 3, 4, 16, 11, 4)]
+        specs += [("B=4, source 16, target 11, padding everywhere", hidden_seed("ch08.t5_cross_attention", 3), 4, 16,
+                   11, 4)]
     for name, *spec in specs:
         x, memory, mask, (wq, wk, wv, wo), h, out = _cross_case(*spec)
         yield Case(name, (x, memory, mask, wq, wk, wv, wo, h), expected=lambda out=out: out,

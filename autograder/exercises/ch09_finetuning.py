@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core import Case, Exercise, Mistake, compare_tensors, register
+from ..core import Case, Exercise, Mistake, compare_tensors, hidden_seed, register
 
 CH = "ch09"
 SOL = "solutions.ch09_finetuning"
@@ -118,7 +118,7 @@ def _head_cases(hidden: bool):
              ("a batch of one without padding", 1, 1, 5, 8, 3),
              ("B=4, T=12, d=32, 5 labels", 2, 4, 12, 32, 5)]
     if hidden:
-        specs += [("B=8, T=20, d=24, 2 labels", 3, 8, 20, 24, 2)]
+        specs += [("B=8, T=20, d=24, 2 labels", hidden_seed("ch09.classifier_head", 3), 8, 20, 24, 2)]
     for name, seed, B, T, d, C in specs:
         h, m, w, b = _head_inputs(seed, B, T, d, C)
         yield Case(name, (d, C, h, m, w, b), run=_head_run,
@@ -286,7 +286,7 @@ def _lora_cases(hidden: bool):
     specs = [("8 -> 6, r=2, alpha=4", 0, 8, 6, 2, 4.0), ("16 -> 16, r=4, alpha=8", 1, 16, 16, 4, 8.0),
              ("r=1, alpha=1 (scaling 1)", 2, 5, 7, 1, 1.0), ("r=8, alpha=2 (scaling 1/4)", 3, 12, 10, 8, 2.0)]
     if hidden:
-        specs += [("64 -> 32, r=16, alpha=32", 4, 64, 32, 16, 32.0)]
+        specs += [("64 -> 32, r=16, alpha=32", hidden_seed("ch09.lora_linear", 4), 64, 32, 16, 32.0)]
     for name, seed, d_in, d_out, r, alpha in specs:
         yield Case(name, (seed, d_in, d_out, r, alpha), run=_lora_run,
                    expected=lambda s=seed, i=d_in, o=d_out, r=r, a=alpha: _lora_expected(s, i, o, r, a),
@@ -349,7 +349,7 @@ def _merge_cases(hidden: bool):
     specs = [("square 8 x 8, r=2, alpha=4", 0, 8, 8, 2, 4.0), ("in 10, out 6, r=3, alpha=6", 1, 10, 6, 3, 6.0),
              ("r=1, alpha=16", 2, 6, 6, 1, 16.0), ("in 4, out 9, r=4, alpha=1", 3, 4, 9, 4, 1.0)]
     if hidden:
-        specs += [("square 32, r=8, alpha=16", 4, 32, 32, 8, 16.0)]
+        specs += [("square 32, r=8, alpha=16", hidden_seed("ch09.lora_merge", 4), 32, 32, 8, 16.0)]
     for name, seed, d_in, d_out, r, alpha in specs:
         W, A, B, merged = _merge_case(seed, d_in, d_out, r, alpha)
         yield Case(name, (W, A, B, alpha, r), expected=lambda m=merged: m,
@@ -495,7 +495,8 @@ def _add_lora_cases(hidden: bool):
              ("layers named proj, block.proj and out_proj; target 'proj'", "branchy", 2, ("proj",), 2, 4.0),
              ("BERT, key only, r=1, alpha=4", "bert", 2, ("key",), 1, 4.0)]
     if hidden:
-        specs += [("BERT, query, key and value, r=8, alpha=16", "bert", 3, ("query", "key", "value"), 8, 16.0)]
+        specs += [("BERT, query, key and value, r=8, alpha=16", "bert", hidden_seed("ch09.add_lora", 3),
+                   ("query", "key", "value"), 8, 16.0)]
     for name, kind, seed, targets, r, alpha in specs:
         # The model is built here, not inside the graded call: the case's deep copy of it is cheap.
         yield Case(name, (_model_cached(kind, seed), kind, seed, targets, r, alpha), run=_add_lora_run,
@@ -559,7 +560,7 @@ def _tl_cases(hidden: bool):
     specs = [("B=2, T=6, V=10", 0, 2, 6, 10, 1.0), ("a batch of one, T=2 (one prediction)", 1, 1, 2, 5, 1.0),
              ("B=3, T=16, V=50, large logits (x 300)", 2, 3, 16, 50, 300.0)]
     if hidden:
-        specs += [("B=8, T=64, V=64", 3, 8, 64, 64, 2.0)]
+        specs += [("B=8, T=64, V=64", hidden_seed("ch09.token_losses", 3), 8, 64, 64, 2.0)]
     for name, seed, B, T, V, scale in specs:
         g = _gen(seed)
         logits = torch.randn(B, T, V, generator=g) * scale
@@ -621,7 +622,7 @@ def _ind_cases(hidden: bool):
              ("layers x heads (2, 3, T, T), T=20, period 6", 2, (2, 3), 20, 6),
              ("period 1 (every token equals the previous one)", 3, (2,), 8, 1)]
     if hidden:
-        specs += [("H=8, T=64, period 32", 4, (8,), 64, 32)]
+        specs += [("H=8, T=64, period 32", hidden_seed("ch09.induction_score", 4), (8,), 64, 32)]
     for name, seed, shape, T, period in specs:
         attn = _causal_attn(seed, shape, T)
         yield Case(name, (attn, period), expected=lambda a=attn, p=period: _ind_expected(a, p),
