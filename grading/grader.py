@@ -110,15 +110,7 @@ def case_inputs(ex_id: str, hidden: bool) -> dict | None:
     """
     key = ("inputs", ex_id, hidden)
     if key not in _CASES:
-        cases = trusted_cases(ex_id, hidden)
-        # The names travel too: a hidden case may be named after its drawn shapes.
-        value = {"names": [c.name for c in cases], "inputs": [[list(c.args), dict(c.kwargs)] for c in cases]}
-        try:
-            packed = codec.pack(value, prefix="in")
-            ok = not codec.contains_opaque(codec.unpack(packed))
-        except Exception:
-            ok = False
-        _CASES[key] = packed if ok else None
+        _CASES[key] = _pack(trusted_cases(ex_id, hidden))
     return _CASES[key]
 
 
@@ -169,12 +161,19 @@ def trusted_cases(ex_id: str, hidden: bool) -> list:
     return _CASES[key]
 
 
-def _transferable(cases: list) -> bool:
+def _pack(cases: list) -> dict | None:
+    """The cases' names and inputs as plain data, or None when an input cannot travel."""
+    # The names travel too: a hidden case may be named after its drawn shapes.
+    value = {"names": [c.name for c in cases], "inputs": [[list(c.args), dict(c.kwargs)] for c in cases]}
     try:
-        packed = codec.pack([[list(c.args), dict(c.kwargs)] for c in cases], prefix="in")
-        return not codec.contains_opaque(codec.unpack(packed))
+        packed = codec.pack(value, prefix="in")
+        return None if codec.contains_opaque(codec.unpack(packed)) else packed
     except Exception:
-        return False
+        return None
+
+
+def _transferable(cases: list) -> bool:
+    return _pack(cases) is not None
 
 
 def expected_value(ex_id: str, hidden: bool, k: int):
