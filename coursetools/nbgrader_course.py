@@ -5,8 +5,10 @@
 writes ``course/nbgrader_config.py`` and ``course/source/<slug>/``: the nbgrader source
 notebook, plus the course code the notebook imports - the ``autograder`` package and the
 reference solutions of the *earlier* chapters only (a release of chapter N never ships the
-solution of chapter N). Then runs ``nbgrader generate_assignment`` and checks the release
-with ``nbgrader validate --invert`` (every test must fail on the untouched release).
+solution of chapter N). Then runs ``nbgrader generate_assignment``, replaces the
+autograder's private declarations in the release by the chapter's public contract
+(``publish``), and checks the release with ``nbgrader validate --invert`` (every test must
+fail on the untouched release).
 """
 from __future__ import annotations
 
@@ -46,6 +48,23 @@ def vendor(dest: Path, chapter_number: int) -> None:
             shutil.copy2(path, sol / path.name)
 
 
+def publish(release_dir: Path, chapter_id: str) -> Path:
+    """Turn the autograder copied into a release into its public part.
+
+    nbgrader copies the source folder into the release; the source keeps the whole
+    autograder (an instructor's ``nbgrader autograde`` runs the hidden checks from it), but a
+    student must not receive the private declarations - the references, the mistakes and
+    the builders of the hidden cases. They are replaced by the chapter's contract: its
+    visible cases as data, generated from the same declarations (``autograder.public``).
+    """
+    from autograder import public
+
+    package = Path(release_dir) / "autograder"
+    shutil.rmtree(package / "exercises", ignore_errors=True)
+    shutil.rmtree(package / "contract", ignore_errors=True)
+    return public.build(chapter_id, package / "contract")
+
+
 def make_course(names: list[str], course_dir: Path, course_id: str = "llm-course", release: bool = True,
                 log=print, exchange: Path | None = None) -> list[Path]:
     course_dir = Path(course_dir).resolve()
@@ -74,6 +93,8 @@ def make_course(names: list[str], course_dir: Path, course_id: str = "llm-course
             continue
         log(f"{ch.slug}: nbgrader generate_assignment ...")
         run(nbgrader_cmd() + ["generate_assignment", ch.slug, "--force"], course_dir, log)
+        log(f"{ch.slug}: the release keeps the public checks only (contract of the visible cases) ...")
+        publish(course_dir / "release" / ch.slug, ch.slug[:4])
         notebook = course_dir / "release" / ch.slug / f"{ch.slug}.ipynb"
         log(f"{ch.slug}: nbgrader validate --invert (every check must fail on the untouched release) ...")
         run(nbgrader_cmd() + ["validate", "--invert", str(notebook)], course_dir, log)

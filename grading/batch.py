@@ -30,6 +30,8 @@ from .nbgrader_step import Course, record_grades, write_autograded
 from .program import load_source
 
 _WORKER: dict = {}
+MAX_STALLS = 2  # a submission whose grading stalled this often is skipped by later runs
+POLL_S = 5.0  # how often the batch looks at the clock while it waits for workers
 
 
 def state_dir(course: Course, assignment: str) -> Path:
@@ -106,8 +108,12 @@ def _close_worker() -> None:
 def grade_assignment(course_dir: Path, assignment: str, students: list[str] | None = None, jobs: int = 1,
                      csv_path: Path | None = None, shard: tuple[int, int] | None = None, force: bool = False,
                      limits: sandbox.Limits | None = None, hidden: bool = True, log=print,
-                     stop_after: int | None = None) -> dict:
-    """Grade, record and export; returns a summary dict (counts, seconds)."""
+                     stop_after: int | None = None, stall_after: float | None = None) -> dict:
+    """Grade, record and export; returns a summary dict (counts, seconds).
+
+    ``stall_after``: seconds a worker may spend on one student before the batch records
+    "not graded" for it and moves on (default: the submission's total budget plus ten
+    minutes); a submission that stalled twice is skipped by later runs."""
     t0 = time.monotonic()
     import torch
 
@@ -131,7 +137,8 @@ def grade_assignment(course_dir: Path, assignment: str, students: list[str] | No
         log(f"sandbox note: {note}")
 
     # what is already done
-    to_grade, to_record, skipped = [], [], 0
+    to_grade, to_record, skipped, stalled = [], [], 0, []
+    previous_stalls = {}
     for s in todo_students:
         state_path = sdir / f"{s}.json"
         state = None
@@ -141,12 +148,20 @@ def grade_assignment(course_dir: Path, assignment: str, students: list[str] | No
             except Exception:
                 state = None
         current = {name: _digest(course.submission(s, assignment, name)) for name in infos}
-        if state and all(state.get("notebooks", {}).get(n, {}).get("sha256") == d for n, d in current.items()):
+        same = state and all(state.get("notebooks", {}).get(n, {}).get("sha256") == d for n, d in current.items())
+        if same and state.get("stalls", 0) >= MAX_STALLS and state.get("recorded"):
+            log(f"{s}: skipped: grading this submission stalled {state['stalls']} times (it stays \"not graded\"; "
+                "look at it, then grade it alone with --force)")
+            stalled.append(s)
+            skipped += 1
+        elif same and not state.get("stalls"):
             if state.get("recorded"):
                 skipped += 1
             else:
                 to_record.append(state)
         else:
+            if same and state.get("stalls"):
+                previous_stalls[s] = state["stalls"]
             to_grade.append(s)
     log(f"{assignment}: {len(todo_students)} students; {skipped} already graded, {len(to_record)} to record, "
         f"{len(to_grade)} to grade with {jobs} job(s)")
@@ -176,23 +191,46 @@ def grade_assignment(course_dir: Path, assignment: str, students: list[str] | No
         for info in infos.values():
             warm(info.exercises, hidden)
     interrupted = False
+    stall_after = stall_after if stall_after is not None else (limits or sandbox.Limits()).total_timeout + 600.0
+
+    def finish(s: str, state: dict) -> None:
+        nonlocal graded
+        state["recorded"] = False
+        _write_atomic(sdir / f"{s}.json", state)
+        record(state)
+        graded += 1
+        total = sum(nb["result"]["score"] for nb in state["notebooks"].values())
+        mx = sum(nb["result"]["max_score"] for nb in state["notebooks"].values())
+        log(f"{s}: {total:g}/{mx:g} ({state['finished'] - state['started']:.1f} s)")
+        if stop_after is not None and graded >= stop_after:
+            raise KeyboardInterrupt  # a simulated interruption (tests)
+
     try:
         if to_grade:
             import multiprocessing as mp
 
-            with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=mp.get_context("fork"),
-                                     initializer=_init_worker,
-                                     initargs=(str(course.root), assignment, limits_d, hidden)) as pool:
-                queue = list(to_grade)
-                running = {}
+            queue = list(to_grade)
+            while queue and not interrupted:
+                pool = ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=mp.get_context("fork"),
+                                           initializer=_init_worker,
+                                           initargs=(str(course.root), assignment, limits_d, hidden))
+                running: dict = {}
+                deadline: dict = {}
+                broken = False
                 try:
-                    while queue or running:
+                    while (queue or running) and not broken:
                         while queue and len(running) < max(1, jobs) * 2 and not stop["now"]:
                             s = queue.pop(0)
-                            running[pool.submit(_grade_student, s)] = s
+                            fut = pool.submit(_grade_student, s)
+                            running[fut] = s
+                            deadline[fut] = None  # the clock starts when a worker takes it
                         if not running:
                             break
-                        done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                        done, _ = wait(list(running), timeout=POLL_S, return_when=FIRST_COMPLETED)
+                        now = time.monotonic()
+                        for fut in running:
+                            if deadline[fut] is None and fut.running():
+                                deadline[fut] = now + stall_after
                         for fut in done:
                             s = running.pop(fut)
                             try:
@@ -201,30 +239,44 @@ def grade_assignment(course_dir: Path, assignment: str, students: list[str] | No
                                 log(f"{s}: grading failed: {type(exc).__name__}: {exc}")
                                 state = _not_graded_state(course, assignment, s, infos,
                                                           f"the grading worker failed ({type(exc).__name__})")
-                            state["recorded"] = False
-                            _write_atomic(sdir / f"{s}.json", state)
-                            record(state)
-                            graded += 1
-                            total = sum(nb["result"]["score"] for nb in state["notebooks"].values())
-                            mx = sum(nb["result"]["max_score"] for nb in state["notebooks"].values())
-                            log(f"{s}: {total:g}/{mx:g} ({state['finished'] - state['started']:.1f} s)")
-                            if stop_after is not None and graded >= stop_after:
-                                raise KeyboardInterrupt  # a simulated interruption (tests)
+                            finish(s, state)
+                        overdue = [f for f in running if deadline[f] is not None and now > deadline[f]]
+                        for fut in overdue:
+                            # A worker that never answers (a grader bug, a hung read): the batch does
+                            # not wait for it. The student is "not graded" now; a resumed batch tries
+                            # again, and skips a submission that stalled twice.
+                            s = running.pop(fut)
+                            n = previous_stalls.get(s, 0) + 1
+                            log(f"{s}: grading stalled (no result after {stall_after:.0f} s; stall {n} of "
+                                f"{MAX_STALLS}): recorded as not graded")
+                            state = _not_graded_state(course, assignment, s, infos,
+                                                      f"grading stalled (no result after {stall_after:.0f} s)")
+                            state["stalls"] = n
+                            stalled.append(s)
+                            finish(s, state)
+                        if overdue:
+                            # The stuck worker cannot be told apart from the others: start a fresh pool,
+                            # and put back what the old one had not finished.
+                            queue[:0] = [s for f, s in running.items()]
+                            broken = True
                 except KeyboardInterrupt:
                     interrupted = True
                     queue.clear()
                     for fut in running:
                         fut.cancel()
                     log("interrupted: finishing nothing more; completed grades are saved, run again to resume")
-                    for p in list(getattr(pool, "_processes", {}).values()):
-                        try:
-                            p.kill()
-                        except Exception:
-                            pass
-                    pool.shutdown(wait=False, cancel_futures=True)
+                finally:
+                    if interrupted or broken:
+                        for p in list(getattr(pool, "_processes", {}).values()):
+                            try:
+                                p.kill()
+                            except Exception:
+                                pass
+                    pool.shutdown(wait=not (interrupted or broken), cancel_futures=True)
     finally:
         signal.signal(signal.SIGTERM, previous)
     summary = {"students": len(todo_students), "graded": graded, "skipped": skipped, "recorded_late": len(to_record),
+               "stalled": stalled,
                "seconds": round(time.monotonic() - t0, 2), "jobs": jobs, "interrupted": interrupted}
     if csv_path:
         summary["csv_rows"] = export_csv(course, assignment, Path(csv_path), infos)

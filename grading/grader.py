@@ -24,6 +24,7 @@ import torch
 from autograder import core
 
 from . import codec, sandbox
+from autograder import public
 from .program import NotebookError, build_program, load_source, read_submission, source_role
 from .static import analyse
 
@@ -100,17 +101,26 @@ _MISTAKES: dict = {}
 _FAILED = object()
 
 
-def case_inputs(ex_id: str, hidden: bool) -> dict | None:
-    """The inputs of every check of an exercise, packed as data for the sandbox.
+def case_plan(ex_id: str, hidden: bool) -> dict:
+    """What the sandbox needs to run the checks of one exercise, packed as data.
 
     The grader builds the cases (hidden ones from the secret that only this process holds)
-    and sends their inputs; the sandbox calls the learner's code on exactly these. None when
-    an input cannot travel as plain data (a model object): the sandbox then builds that
-    exercise's inputs itself, from the visible contract.
+    and sends, for each, its name, its inputs and the name of the public driver that calls
+    the learner's code (``autograder.public.case_spec``): never a reference, an expected
+    answer or a mistake. ``{"error": ...}`` when a case cannot be described that way (a
+    declaration that breaks the contract: our bug, reported as such).
     """
-    key = ("inputs", ex_id, hidden)
+    key = ("plan", ex_id, hidden)
     if key not in _CASES:
-        _CASES[key] = _pack(trusted_cases(ex_id, hidden))
+        ex = core.get(ex_id)
+        try:
+            plan = {"name": ex.name, "forbidden": list(ex.forbidden),
+                    "cases": [public.case_spec(c) for c in trusted_cases(ex_id, hidden)]}
+            _CASES[key] = codec.pack(plan, prefix="in")
+            if codec.contains_opaque(codec.unpack(_CASES[key])):
+                raise public.NotPublic("an input is not plain data")
+        except public.NotPublic as exc:
+            _CASES[key] = {"error": f"the checks of {ex_id} cannot be sent to the sandbox: {exc}"}
     return _CASES[key]
 
 
@@ -150,30 +160,8 @@ def trusted_cases(ex_id: str, hidden: bool) -> list:
     key = (ex_id, hidden)
     if key not in _CASES:
         with core.using_secret(RUN_SECRET):
-            cases = list(core.get(ex_id).cases(hidden))
-        if not _transferable(cases):
-            # Inputs that cannot travel as data (a model object) are built inside the sandbox,
-            # which does not know the run's secret: build them here the same way, or the
-            # expected answers would belong to other inputs. Such exercises should pass
-            # state dicts instead (tests/test_exercises.py lists the exceptions).
-            cases = list(core.get(ex_id).cases(hidden))
-        _CASES[key] = cases
+            _CASES[key] = list(core.get(ex_id).cases(hidden))
     return _CASES[key]
-
-
-def _pack(cases: list) -> dict | None:
-    """The cases' names and inputs as plain data, or None when an input cannot travel."""
-    # The names travel too: a hidden case may be named after its drawn shapes.
-    value = {"names": [c.name for c in cases], "inputs": [[list(c.args), dict(c.kwargs)] for c in cases]}
-    try:
-        packed = codec.pack(value, prefix="in")
-        return None if codec.contains_opaque(codec.unpack(packed)) else packed
-    except Exception:
-        return None
-
-
-def _transferable(cases: list) -> bool:
-    return _pack(cases) is not None
 
 
 def expected_value(ex_id: str, hidden: bool, k: int):
@@ -305,7 +293,11 @@ class TrustedGrader:
                            [(e.id, e.name) for e in self.exercises], self._forbidden, self._solution_paths,
                            self._solution_modules)
         static_by_ex: dict[str, list[str]] = {}
+        unreadable = {f.where for f in findings if f.skip_cell}
         for f in findings:
+            if f.skip_cell:
+                notes.append(f"{f.where} {f.message}")
+                continue
             targets = [e.id for e in self.exercises] if "*" in f.exercises else f.exercises
             for ex_id in targets:
                 static_by_ex.setdefault(ex_id, []).append(f"your code {f.message} ({f.where})")
@@ -316,6 +308,7 @@ class TrustedGrader:
         crashed: dict[str, str] = {}
         cell_errors: dict[int, str] = {}
         fatal_cells: dict[int, str] = {}
+        unread = {i for i, c in enumerate(cells) if c.kind != "course" and c.label in unreadable}
         load_violations: set = set()
         n_cases = {e.id: len(trusted_cases(e.id, self.hidden)) for e in self.exercises}
         job_cells = [{"source": c.source, "label": c.label} for c in cells]
@@ -333,10 +326,8 @@ class TrustedGrader:
                 pending = []
                 break
             attempts += 1
-            inputs = {x: case_inputs(x, self.hidden) for x in pending}
-            job = {"cells": job_cells, "exercises": pending, "hidden": self.hidden,
-                   "inputs": {x: v for x, v in inputs.items() if v is not None},
-                   "skip_cells": sorted(fatal_cells), "case_timeout": self.limits.case_timeout,
+            job = {"cells": job_cells, "exercises": pending, "plans": {x: case_plan(x, self.hidden) for x in pending},
+                   "skip_cells": sorted(set(fatal_cells) | unread), "case_timeout": self.limits.case_timeout,
                    "cell_timeout": self.limits.cell_timeout, "output_cap": self.limits.output_cap}
             attempt = sandbox.run_attempt(self.bundle, job, self.limits, n_cases, len(cells), self.tmp_root)
             self._cpu += attempt.cpu_s

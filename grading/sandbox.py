@@ -197,6 +197,7 @@ def _child_env(home: str = "/tmp") -> dict:
 # The bundle: the trusted code the sandbox needs, read-only
 # --------------------------------------------------------------------------------------
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints")
+_PRIVATE = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints", "exercises", "contract")
 
 
 def build_bundle(dest: Path, chapter_number: int, solutions_dirs: list[Path]) -> Path:
@@ -205,9 +206,11 @@ def build_bundle(dest: Path, chapter_number: int, solutions_dirs: list[Path]) ->
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(Path(autograder.__file__).parent, dest / "autograder", ignore=_IGNORE, dirs_exist_ok=True)
+    # Only the public part: the private declarations (references, mistakes, hidden-case
+    # builders) and the contracts stay with the grader.
+    shutil.copytree(Path(autograder.__file__).parent, dest / "autograder", ignore=_PRIVATE, dirs_exist_ok=True)
     shutil.copy2(HERE / "sandbox_child.py", dest / "sandbox_child.py")
-    shutil.copy2(HERE / "codec.py", dest / "_grading_codec.py")
+    shutil.copy2(Path(autograder.__file__).parent / "codec.py", dest / "_grading_codec.py")
     lib = dest / "course_lib" / "solutions"
     lib.mkdir(parents=True, exist_ok=True)
     (lib / "__init__.py").write_text("")

@@ -1,8 +1,9 @@
 """What runs inside the sandbox (copied there read-only; started with ``python -I``).
 
-1. Loads the course's autograder under a private name (``_ag``) from the read-only bundle
-   and builds the case inputs of the exercises it is asked to grade (never the expected
-   answers: that is the grader's job, outside).
+1. Loads the public part of the course's autograder under a private name (``_ag``) from
+   the read-only bundle (the core, the codec and the chapters' drivers: no declaration,
+   reference, mistake or hidden case is in the bundle) and reads the checks the grader
+   sent: each case's name, its inputs as data and the name of its public driver.
 2. Hides the bundle: removes it from ``sys.path`` and ``sys.modules`` and puts a stub
    ``autograder`` (check: no-op, fallback, quick) in its place for the learner's cells.
 3. Runs the program cells (course setup/provided cells, then the learner's cells) in an
@@ -78,17 +79,17 @@ class CappedWriter(io.TextIOBase):
 # Guard
 # --------------------------------------------------------------------------------------
 class Guard:
-    """A profile hook that records calls to forbidden objects and into the autograder.
+    """A profile hook that records calls to forbidden objects while a case runs.
 
-    ``forbidden`` maps a path ("torch.nn.functional:cross_entropy") to its object. Calls
-    into the code of the private autograder (the references, the expected answers, the
-    mistakes) are allowed only when the caller is the autograder itself (a case's run
-    hook driving the learner's function).
+    ``forbidden`` maps a path ("torch.nn.functional:cross_entropy") to its object. It is a
+    convenience that names the call in the feedback, not a boundary: the learner's code
+    shares this process and can remove it. What keeps grades honest lies outside: the
+    grader's static analysis of the cells, and answers compared with references that never
+    enter this process.
     """
 
     def __init__(self, forbidden: dict, ag_dir: str, runner_file: str):
         self.log = []
-        self.internal_codes = set()  # the expected-answer thunks and the mistakes
         self.configure(forbidden, strict=True)
         self.ag_dir = ag_dir + os.sep
         self.trusted_files = {runner_file}
@@ -114,18 +115,6 @@ class Guard:
                 if c is not None:
                     self.codes[c] = path
 
-    def _caller_trusted(self, frame) -> bool:
-        f = frame.f_back
-        while f is not None:
-            name = f.f_code.co_filename
-            if name.startswith(self.ag_dir) or name in self.trusted_files:
-                return True
-            if name.startswith(self.lib_dirs) or name.startswith("<frozen"):
-                f = f.f_back
-                continue
-            return False
-        return False
-
     def hook(self, frame, event, arg):
         if event == "call":
             code = frame.f_code
@@ -135,10 +124,6 @@ class Guard:
                 if self.strict:
                     raise ForbiddenCall(path)
                 return
-            if code in self.internal_codes and not self._caller_trusted(frame):
-                path = f"the autograder's own answer ({code.co_name})"
-                self.log.append(path)
-                raise ForbiddenCall(path)
         elif event == "c_call":
             hit = self.ids.get(id(arg))
             if hit is not None and hit[1] is arg:
@@ -205,7 +190,7 @@ def _load_private_autograder():
     sys.modules["_ag"] = module
     spec.loader.exec_module(module)
     importlib.import_module("_ag.core")
-    importlib.import_module("_ag.exercises")
+    importlib.import_module("_ag.public")
     return module
 
 
@@ -213,8 +198,13 @@ def _install_stub_autograder():
     """What ``from autograder import check, fallback, quick`` gives the learner's cells."""
     import types
 
+    import importlib.machinery
+
     stub = types.ModuleType("autograder")
     stub.__path__ = []
+    # A real spec, so that ``importlib.util.find_spec("autograder")`` (the set-up cell asks)
+    # finds the stub instead of raising.
+    stub.__spec__ = importlib.machinery.ModuleSpec("autograder", None, is_package=True)
     stub.__doc__ = "The course autograder is not available while the trusted grader runs your code."
 
     def check(*args, **kwargs):
@@ -288,53 +278,40 @@ def main(job_path: str, out_dir: str) -> int:
 
     ag = _load_private_autograder()
     core = sys.modules["_ag.core"]
+    public = sys.modules["_ag.public"]
 
-    # -- the cases, built before any learner code runs ---------------------------------
+    # -- the cases, as the grader sent them (names, inputs, public drivers) ---------------
+    # The bundle holds no declaration, reference or hidden case: the grader built the
+    # cases in its own process and sent their inputs with the names of the drivers.
     plans = []
-    internal_codes = set()
     for index, ex_id in enumerate(job["exercises"]):
-        ex = core.get(ex_id)
-        try:
-            cases = list(ex.cases(bool(job.get("hidden", True))))
-            error = None
-        except Exception as exc:  # a broken declaration: the grader reports it as its own bug
-            cases, error = [], _describe(exc)
-        packed = (job.get("inputs") or {}).get(ex_id)
-        if packed is not None and error is None:
-            # The grader's own inputs (hidden ones drawn from its secret): the cases built here
-            # only lend their names and drivers.
+        packed = (job.get("plans") or {}).get(ex_id) or {"error": "the grader sent no checks"}
+        cases, error, name, forbidden_paths = [], None, "", []
+        if "error" in packed:
+            error = str(packed["error"])
+        else:
             try:
-                given = codec.unpack(packed)
-                names, inputs = given["names"], given["inputs"]
-                if len(inputs) != len(cases) or len(names) != len(cases):
-                    raise ValueError(f"{len(inputs)} inputs for {len(cases)} checks")
-                for c, name, (args, kwargs) in zip(cases, names, inputs):
-                    c.name, c.args, c.kwargs = str(name), tuple(args), dict(kwargs)
+                plan = codec.unpack(packed)
+                name, forbidden_paths = str(plan["name"]), list(plan["forbidden"])
+                for c in plan["cases"]:
+                    cases.append(core.Case(str(c["name"]), tuple(c["args"]), dict(c["kwargs"]),
+                                           run=public.resolve_callable(c["run"], package="_ag"),
+                                           check_mutation=bool(c["check_mutation"])))
             except Exception as exc:  # noqa: BLE001
-                cases, error = [], f"the inputs sent by the grader could not be read: {_describe(exc)}"
-        for c in cases:
-            code = getattr(c.expected, "__code__", None)
-            if code is not None:
-                internal_codes.add(code)
-            c.expected = None  # the learner's code has no business with expected answers
-        for m in ex.mistakes:
-            code = getattr(m.produce, "__code__", None)
-            if code is not None:
-                internal_codes.add(code)
+                cases, error = [], f"the checks sent by the grader could not be read: {_describe(exc)}"
         forbidden = {}
-        for path in ex.forbidden:
+        for path in forbidden_paths:
             try:
                 forbidden[path] = core.resolve(path)
             except Exception:
                 pass
-        plans.append({"index": index, "id": ex_id, "name": ex.name, "cases": cases, "forbidden": forbidden,
+        plans.append({"index": index, "id": ex_id, "name": name, "cases": cases, "forbidden": forbidden,
                       "error": error})
     all_forbidden = {}
     for p in plans:
         all_forbidden.update(p["forbidden"])
     ag_dir = os.path.dirname(ag.__file__)
     guard = Guard(all_forbidden, ag_dir, os.path.abspath(__file__))
-    guard.internal_codes = internal_codes
     guard.guard_calls = core.guard_calls
     # While the cells load, only the autograder's own answers are off limits: the course's
     # cells and the libraries may call the references (the learner's own code is checked

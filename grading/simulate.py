@@ -93,6 +93,9 @@ def make_course(course_dir: Path, chapter: str, release: bool = True, course_id:
                            capture_output=True, text=True, env=venv_env())
         if r.returncode != 0:
             raise RuntimeError(f"generate_assignment failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+        from coursetools.nbgrader_course import publish
+
+        publish(course_dir / "release" / slug, slug[:4])  # what students receive: the public part only
     return course_dir / "release" / slug / f"{slug}.ipynb"
 
 

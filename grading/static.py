@@ -21,13 +21,26 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import re
 import sys
 
 ALLOWED_AUTOGRADER = {"autograder", "autograder.check", "autograder.fallback", "autograder.quick"}
 INTROSPECTION_MODULES = ("gc", "inspect", "ctypes", "cffi", "importlib", "builtins", "__builtin__", "pickle",
                          "_pickle", "marshal", "dill", "cloudpickle", "code", "codeop", "types", "_ag",
-                         "_grading_codec", "sandbox_child", "atexit", "_thread", "faulthandler", "tracemalloc")
+                         "_grading_codec", "sandbox_child", "atexit", "_thread", "faulthandler", "tracemalloc",
+                         "timeit", "runpy", "doctest", "pdb", "bdb", "trace", "cProfile", "profile", "IPython",
+                         "ipykernel", "jupyter_client", "zipimport", "pkgutil", "copyreg", "weakref", "_weakref")
+# Parts of torch that run or swap code behind a call (dispatch hooks, operator registries).
+INTROSPECTION_PREFIXES = ("torch.library", "torch.overrides", "torch.utils._python_dispatch", "torch._C._dispatch",
+                          "torch._C._set", "torch._C._push", "torch._library", "torch.fx", "torch.compiler",
+                          "torch._dynamo", "torch.jit", "torch.utils.hooks")
+# Hooks a class can define to take over what torch does with its objects.
+DISPATCH_HOOKS = {"__torch_function__", "__torch_dispatch__"}
+# IPython magics that only configure the kernel, and those whose argument is Python code.
+HARMLESS_MAGICS = {"matplotlib", "config", "pinfo", "pinfo2", "precision", "pprint", "xmode", "colors"}
+CODE_MAGICS = {"time", "timeit", "capture", "prun"}
 INTROSPECTION_NAMES = {"eval", "exec", "compile", "globals", "vars", "locals", "breakpoint", "__import__",
+                       "get_ipython", "sys.setrecursionlimit", "sys.setswitchinterval", "sys.settrace",
                        "sys.modules", "sys._getframe", "sys.setprofile", "sys.settrace", "sys.addaudithook",
                        "sys._current_frames", "sys.exc_info", "sys.meta_path", "sys.path_hooks",
                        "threading.setprofile", "threading.settrace", "operator.attrgetter", "operator.methodcaller",
@@ -48,6 +61,7 @@ class Finding:
     exercises: list[str]  # which exercises it costs ("*" = every exercise)
     message: str
     where: str
+    skip_cell: bool = False  # the cell must not run (the checker could not read it)
 
 
 def _dotted(node, aliases: dict) -> str | None:
@@ -88,47 +102,150 @@ def _resolve_object(path: str):
     return obj, True
 
 
+def _magic_name(text: str) -> str:
+    return text.lstrip("%").split(None, 1)[0] if text.lstrip("%").split() else ""
+
+
+def _strip_options(arg: str) -> str:
+    """``-n 10 -r 3 f(x)`` -> ``f(x)``: the code a timing magic runs."""
+    words = arg.split()
+    while words and words[0].startswith("-"):
+        flag = words.pop(0)
+        if flag in ("-n", "-r", "-p", "-s", "-T", "-D", "-l") and words:
+            words.pop(0)
+    return " ".join(words)
+
+
+def _unmagic(source: str) -> tuple[str, list[str]]:
+    """The Python a cell runs, with its IPython syntax resolved, and the magics that run
+    code the checker cannot see (shell escapes, ``%run``, ``%%bash``, ``%%writefile``, ...).
+
+    Configuration magics are dropped; timing and capture magics become the code they run
+    (that code is checked like any other)."""
+    lines, refused = source.splitlines(), []
+    if lines and lines[0].lstrip().startswith("%%"):
+        name = _magic_name(lines[0].strip()[2:])
+        if name in CODE_MAGICS:
+            return "\n".join(lines[1:]), refused
+        return "", [f"%%{name}"]
+    out = []
+    for line in lines:
+        stripped = line.strip()
+        indent = line[: len(line) - len(line.lstrip())]
+        if stripped.startswith("!") or (stripped.startswith("%") and not stripped.startswith("%%")):
+            if stripped.startswith("!"):
+                refused.append("!" + stripped[1:].split(" ", 1)[0])
+                out.append(indent + "pass")
+                continue
+            name = _magic_name(stripped[1:])
+            arg = stripped[1:][len(name):].strip()
+            if name in HARMLESS_MAGICS:
+                out.append(indent + "pass")
+            elif name in CODE_MAGICS:
+                out.append(indent + (_strip_options(arg) or "pass"))
+            else:
+                refused.append(f"%{name}")
+                out.append(indent + "pass")
+            continue
+        if stripped.endswith("?") and not stripped.startswith("#"):  # ``obj?``: IPython's help
+            out.append(indent + "pass")
+            continue
+        captured = re.match(r"^[\w.,\s]+=\s*([!%])", stripped)
+        if captured:  # ``files = !ls``, ``t = %timeit -o f(x)``
+            refused.append(captured.group(1) + stripped.split(captured.group(1), 1)[1].split(" ", 1)[0])
+            out.append(indent + "pass")
+            continue
+        out.append(line)
+    return "\n".join(out), refused
+
+
 def _parse(source: str):
+    """The cell's syntax tree, or None when it cannot be read (which is itself a finding)."""
+    python, _ = _unmagic(source)
     try:
+        return ast.parse(python)
+    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
+        pass
+    try:  # other IPython syntax (``obj?``): what IPython would run
         from IPython.core.inputtransformer2 import TransformerManager
 
-        source = TransformerManager().transform_cell(source)
+        return ast.parse(TransformerManager().transform_cell(python))
     except Exception:
-        pass
-    try:
-        return ast.parse(source)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
 
 
-def _collect_aliases(trees, aliases: dict) -> None:
+def _collect_aliases(trees, aliases: dict, rebound: dict) -> None:
+    """``aliases``: name -> the dotted path it names (the first binding); ``rebound``: name
+    -> every other path it is ever bound to, anywhere (dead code included), so that a
+    name that is re-pointed in a branch never hides what it names in another."""
+    def bind(name, path):
+        if name not in aliases:
+            aliases[name] = path
+        elif aliases[name] != path:
+            rebound.setdefault(name, set()).add(path)
+
     for tree in trees:
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 for a in node.names:
                     if a.asname:
-                        aliases[a.asname] = a.name
+                        bind(a.asname, a.name)
                     else:
-                        aliases.setdefault(a.name.split(".")[0], a.name.split(".")[0])
+                        bind(a.name.split(".")[0], a.name.split(".")[0])
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 for a in node.names:
                     if a.name != "*":
-                        aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+                        bind(a.asname or a.name, f"{node.module}.{a.name}")
     # assignments that alias a dotted path (x = F.cross_entropy), to a fixed point
     for _ in range(3):
         for tree in trees:
             for node in ast.walk(tree):
                 if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
                     targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-                    path = _dotted(node.value, aliases)
-                    if path and "." in path:
-                        for t in targets:
-                            if isinstance(t, ast.Name):
-                                aliases[t.id] = path
+                    for path in _dotted_all(node.value, aliases, rebound):
+                        if path and "." in path:
+                            for t in targets:
+                                if isinstance(t, ast.Name):
+                                    bind(t.id, path)
                 elif isinstance(node, ast.NamedExpr) and isinstance(node.target, ast.Name):
-                    path = _dotted(node.value, aliases)
-                    if path and "." in path:
-                        aliases[node.target.id] = path
+                    for path in _dotted_all(node.value, aliases, rebound):
+                        if path and "." in path:
+                            bind(node.target.id, path)
+
+
+def _dotted_all(node, aliases: dict, rebound: dict) -> set:
+    """Every dotted path ``node`` may name, given every binding of its names."""
+    first = _dotted(node, aliases)
+    out = {first} if first else set()
+    names = [n.id for n in ast.walk(node) if isinstance(n, ast.Name) and n.id in rebound]
+    for name in names[:4]:
+        for alt in rebound[name]:
+            p = _dotted(node, {**aliases, name: alt})
+            if p:
+                out.add(p)
+    return out
+
+
+def _canonical(path: str) -> str:
+    """A path through a module's attribute that is itself a module, written from that
+    module's own name: ``os.sys.modules`` -> ``sys.modules``, ``F.torch.log_softmax`` ->
+    ``torch.log_softmax`` (never imports anything)."""
+    import types as _types
+
+    parts = path.split(".")
+    obj = sys.modules.get(parts[0])
+    if obj is None:
+        return path
+    best = (parts[0], 1)
+    for i, p in enumerate(parts[1:], start=2):
+        try:
+            obj = getattr(obj, p)
+        except Exception:
+            break
+        if isinstance(obj, _types.ModuleType):
+            best = (obj.__name__, i)
+    name, used = best
+    return ".".join([name] + parts[used:])
 
 
 def _defs(tree) -> dict:
@@ -150,6 +267,60 @@ def _names_used(node) -> set:
     return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
 
 
+def _is_call_target(name_node, tree) -> bool:
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Call) and n.func is name_node:
+            return True
+    return False
+
+
+def _forbidden_attribute_names(forbidden: dict) -> dict:
+    """The names under which torch exposes a forbidden torch function elsewhere.
+
+    torch offers one operation under many paths: ``F.log_softmax`` is also the Tensor method
+    ``x.log_softmax``, ``torch.special.log_softmax``, the aten operator
+    ``torch.ops.aten._log_softmax`` and C functions such as ``torch._C._nn.cross_entropy_loss``.
+    So for a forbidden torch function named ``n``:
+
+    * ``exact``: ``n`` itself, flagged as a string constant anywhere (``getattr(x, "n")``);
+    * ``tensor``: ``n`` when it is a Tensor method, flagged as an attribute of anything;
+    * ``torch``: any attribute whose name contains ``n`` on a path under ``torch``.
+    """
+    import torch
+
+    exact: dict = {}
+    tensor: dict = {}
+    under_torch: dict = {}
+    for ex_id, paths in forbidden.items():
+        for p in paths:
+            if not p.startswith("torch"):
+                continue
+            name = p.rsplit(".", 1)[-1]
+            if len(name) < 4 or name[0].isupper():  # classes are found by path and identity
+                continue
+            exact.setdefault(name, []).append((ex_id, p))
+            under_torch.setdefault(name, []).append((ex_id, p))
+            if hasattr(torch.Tensor, name) or hasattr(torch.Tensor, name + "_"):
+                tensor.setdefault(name, []).append((ex_id, p))
+    return {"exact": exact, "tensor": tensor, "torch": under_torch}
+
+
+def _attribute_hits(node: ast.Attribute, aliases: dict, names: dict) -> list:
+    attr = node.attr
+    hits = []
+    base = _dotted(node.value, aliases)
+    base = _canonical(base) if base else None
+    if base is not None and base.split(".")[0] == "torch":
+        for name, owners in names["torch"].items():
+            if name in attr:
+                hits += [(e, p, f"{base}.{attr}, another of torch's names for") for e, p in owners]
+        return hits
+    for name, owners in names["tensor"].items():
+        if attr in (name, name + "_"):
+            hits += [(e, p, f"x.{attr}, the Tensor method form of") for e, p in owners]
+    return hits
+
+
 def analyse(student_cells: list, course_cells: list, exercises: list, forbidden: dict, solution_paths: dict,
             solution_modules: set) -> list[Finding]:
     """Findings for the learner's cells.
@@ -160,11 +331,28 @@ def analyse(student_cells: list, course_cells: list, exercises: list, forbidden:
     chapter's solution module names.
     """
     findings: list[Finding] = []
-    parsed = [(label, _parse(src)) for label, src in student_cells]
-    parsed = [(label, t) for label, t in parsed if t is not None]
+    parsed = []
+    for label, src in student_cells:
+        tree = _parse(src)
+        refused = _unmagic(src)[1]
+        if refused:
+            findings.append(Finding(["*"], f"runs {', '.join(sorted(set(refused)))}: IPython magics and shell escapes "
+                                    "run code the grader cannot check (keep them out of the cells you submit; "
+                                    "%matplotlib, %time and %timeit are fine)", label))
+        if tree is None:
+            # What the checker cannot read does not run: a cell that only parses under
+            # settings an earlier cell changed (a __future__ flag, a raised recursion limit)
+            # could otherwise hide anything.
+            findings.append(Finding([], "could not be read by the grader's checker (a syntax error, or syntax "
+                                    "that depends on settings made elsewhere), so it was not run", label,
+                                    skip_cell=True))
+        else:
+            parsed.append((label, tree))
     course_trees = [t for t in (_parse(s) for s in course_cells) if t is not None]
     aliases: dict = {}
-    _collect_aliases(course_trees + [t for _, t in parsed], aliases)
+    rebound: dict = {}
+    _collect_aliases(course_trees + [t for _, t in parsed], aliases, rebound)
+    forbidden_names = _forbidden_attribute_names(forbidden)
 
     # forbidden objects by identity, for re-exports
     by_identity: dict = {}
@@ -220,12 +408,23 @@ def analyse(student_cells: list, course_cells: list, exercises: list, forbidden:
         for stmt in tree.body:
             for n in ast.walk(stmt):
                 owner[id(n)] = stmt
+
+        def reaches(ex_id, node):
+            """Whether ``node`` is in code the exercise's function can run: its own
+            definitions and what they use, or a cell's top level."""
+            stmt = owner.get(id(node))
+            if stmt is None or not isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                return True
+            return id(stmt) in reach_by_ex.get(ex_id, set())
+
         for node in ast.walk(tree):
             paths = []
             if isinstance(node, (ast.Name, ast.Attribute, ast.Call, ast.Subscript)):
-                p = _dotted(node, aliases)
-                if p:
+                for p in _dotted_all(node, aliases, rebound):
                     paths.append(p)
+                    c = _canonical(p)
+                    if c != p:
+                        paths.append(c)
             if isinstance(node, ast.Import):
                 paths += [a.name for a in node.names]
             if isinstance(node, ast.ImportFrom) and node.module and not node.level:
@@ -249,7 +448,8 @@ def analyse(student_cells: list, course_cells: list, exercises: list, forbidden:
                 if p in solution_modules:
                     add(all_ex, f"imports the course's solution module {p}", label, node)
                 if root in INTROSPECTION_MODULES or p in INTROSPECTION_NAMES or \
-                        any(p.startswith(n + ".") for n in INTROSPECTION_NAMES):
+                        any(p.startswith(n + ".") for n in INTROSPECTION_NAMES) or \
+                        any(p == n or p.startswith(n + ".") or p.startswith(n + "_") for n in INTROSPECTION_PREFIXES):
                     if isinstance(node, ast.Attribute) or isinstance(node, (ast.Import, ast.ImportFrom)) \
                             or (isinstance(node, ast.Name) and (p in INTROSPECTION_NAMES or root == p)):
                         add(["*"], f"uses {p}, which the trusted grader does not allow in submitted code "
@@ -262,6 +462,22 @@ def analyse(student_cells: list, course_cells: list, exercises: list, forbidden:
                         exs = ["*"]
                     if exs:
                         add(exs, f"starts processes or threads ({p}), which submitted code may not do", label, node)
+            if isinstance(node, ast.Attribute):
+                for ex_id, fp, how in _attribute_hits(node, aliases, forbidden_names):
+                    if reaches(ex_id, node):
+                        add([ex_id], f"refers to {how} {fp}, which {ex_id} asks you to build yourself",
+                            label, node)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in forbidden_names["exact"]:
+                for ex_id, fp in forbidden_names["exact"][node.value]:
+                    if reaches(ex_id, node):
+                        add([ex_id], f"names {node.value!r} in a string (a way to reach {fp}, which {ex_id} asks "
+                            "you to build yourself)", label, node)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in DISPATCH_HOOKS:
+                add(["*"], f"defines {node.name}, which takes over what torch does with your objects: the grader "
+                    "does not allow it in submitted code", label, node)
+            if isinstance(node, ast.Name) and node.id in ("getattr", "setattr", "delattr") and \
+                    not _is_call_target(node, tree):
+                add(["*"], f"passes {node.id} around as a value: the grader cannot tell what it reaches", label, node)
             if isinstance(node, ast.Attribute) and node.attr in INTROSPECTION_ATTRS:
                 add(["*"], f"uses .{node.attr}, which the trusted grader does not allow in submitted code", label, node)
             if isinstance(node, ast.Call):
@@ -278,7 +494,7 @@ def analyse(student_cells: list, course_cells: list, exercises: list, forbidden:
     # one finding per (message, exercises) is enough
     unique, seen = [], set()
     for f in findings:
-        key = (tuple(f.exercises), f.message)
+        key = (tuple(f.exercises), f.message, f.where if f.skip_cell else "")
         if key not in seen:
             seen.add(key)
             unique.append(f)

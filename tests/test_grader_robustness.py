@@ -13,7 +13,7 @@ import pytest
 
 from grading import codec, sandbox
 from grading.batch import grade_assignment
-from grading.grader import RUN_SECRET, TrustedGrader, case_inputs, trusted_cases
+from grading.grader import RUN_SECRET, TrustedGrader, case_plan, trusted_cases
 from grading.nbgrader_step import Course
 from grading.simulate import submission, write_submission
 from tests.adversarial.support import SLUG, TEST_LIMITS, release, shared_course
@@ -53,17 +53,39 @@ def test_links_and_devices_are_refused_and_reads_are_capped(tmp_path):
 
 
 # ---- hidden inputs travel as data, drawn from the run's secret ---------------------------------
-def test_case_inputs_are_plain_data_that_the_sandbox_can_read():
-    packed = case_inputs("ch04.scaled_dot_product_attention", True)
-    assert packed is not None
-    text = json.dumps(packed)
-    assert RUN_SECRET not in text
-    given = codec.unpack(json.loads(text))
-    cases = trusted_cases("ch04.scaled_dot_product_attention", True)
-    assert given["names"] == [c.name for c in cases]
-    assert len(given["inputs"]) == len(cases)
-    for (args, kwargs), case in zip(given["inputs"], cases):
-        assert len(args) == len(case.args) and set(kwargs) == set(case.kwargs)
+def test_the_sandbox_gets_inputs_and_driver_names_but_no_answer():
+    """What the grader sends the sandbox for an exercise: its function's name, the forbidden
+    calls, and per case the name, the inputs as data and the public driver - never the
+    secret, an expected answer, a reference or a mistake."""
+    from autograder import core
+
+    for ex_id in ("ch04.scaled_dot_product_attention", "ch01.sample_next"):
+        packed = case_plan(ex_id, True)
+        assert "error" not in packed, packed
+        text = json.dumps(packed)
+        assert RUN_SECRET not in text
+        plan = codec.unpack(json.loads(text))
+        cases = trusted_cases(ex_id, True)
+        assert plan["name"] == core.get(ex_id).name
+        assert [c["name"] for c in plan["cases"]] == [c.name for c in cases]
+        for sent, case in zip(plan["cases"], cases):
+            assert set(sent) == {"name", "args", "kwargs", "run", "check_mutation"}
+            assert len(sent["args"]) == len(case.args) and set(sent["kwargs"]) == set(case.kwargs)
+            if sent["run"] is not None:
+                assert sent["run"]["fn"].startswith("autograder.drivers."), sent["run"]
+        assert "_ref_" not in text and "exercises" not in text
+
+
+def test_a_case_that_cannot_be_published_is_reported_as_the_graders_bug(monkeypatch):
+    from autograder import core
+    from grading import grader
+
+    ex = core.get("ch01.perplexity")
+    broken = [core.Case("a lambda driver", (1,), run=lambda fn, x: fn(x))]
+    monkeypatch.setitem(grader._CASES, ("ch01.perplexity", True), broken)
+    monkeypatch.delitem(grader._CASES, ("plan", ex.id, True), raising=False)
+    packed = case_plan(ex.id, True)
+    assert "cannot be sent to the sandbox" in packed["error"] and "lambda" in packed["error"]
 
 
 def test_hidden_cases_follow_the_secret():

@@ -65,6 +65,24 @@ def reference_answers() -> dict[str, str]:
             if g.metadata.get("nbgrader", {}).get("solution")}
 
 
+def assert_public_only(folder: Path) -> None:
+    """What a student fetched carries the public contract, never the private declarations."""
+    package = folder / "autograder"
+    assert (package / "core.py").is_file() and (package / "drivers").is_dir()
+    assert not (package / "exercises").exists(), "the release ships the private exercise declarations"
+    assert (package / "contract" / f"{SLUG}.json").is_file(), "the release lacks the chapter's contract"
+    leaks = [p for p in folder.rglob("*.py") if "def _ref_" in p.read_text()
+             or (p.name != "core.py" and "hidden_seed(" in p.read_text())]
+    assert not leaks, f"reference code or hidden-case builders in the release: {leaks}"
+    assert not (folder / "solutions" / f"{SLUG}.py").exists(), "the release ships the chapter's own solution"
+    contract = (package / "contract" / f"{SLUG}.json").read_text()
+    for row in catalogue("ch01"):
+        cases = get(row["id"]).cases
+        visible = {c.name for c in cases(False)}
+        for name in {c.name for c in cases(True)} - visible:
+            assert f'"{name}"' not in contract, f"the hidden case {name!r} of {row['id']} is in the release"
+
+
 @pytest.mark.slow
 def test_the_readme_instructor_path_works_as_written(tmp_path):
     instructor, student = readme_blocks()
@@ -99,6 +117,8 @@ def test_the_readme_instructor_path_works_as_written(tmp_path):
         home.mkdir(parents=True)
         own = {**env, "HOME": str(home)}  # each student has an account of their own (nbgrader's cache)
         bash(setup + fetch, home, own)
+        if i == 0:
+            assert_public_only(home / SLUG)
         fill(home / SLUG / f"{SLUG}.ipynb", answers)
         bash(setup + [submit[i]], home, own)
 

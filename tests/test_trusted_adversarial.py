@@ -59,7 +59,9 @@ def test_the_suite_covers_the_attacks_the_issue_lists():
                    "raise-systemexit-toplevel", "infinite-loop", "memory-bomb", "fork-bomb", "network",
                    "deleted-test-cells", "edited-test-cells", "retyped-test-cells", "changed-metadata",
                    "invalid-json", "empty-notebook", "other-chapter", "fifo-progress-file",
-                   "result-links-to-dev-zero", "lone-surrogate-comment", "very-deep-expression"]:
+                   "result-links-to-dev-zero", "lone-surrogate-comment", "very-deep-expression",
+                   "future-flag-hides-a-cell", "c-function-behind-forbidden", "code-run-from-a-string",
+                   "dispatch-subclass", "look-for-references"]:
         assert needed in names, needed
 
 

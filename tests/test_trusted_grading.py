@@ -175,3 +175,71 @@ def test_selfcheck_gives_the_reference_full_marks_through_the_sandbox(capsys):
     from grading.__main__ import selfcheck
 
     assert selfcheck(["ch01"]) == 0, capsys.readouterr().out
+
+
+# ---- the static check closes whole classes of bypasses -------------------------------------------
+@pytest.mark.parametrize("code,hit", [
+    # the same operation under another of torch's names
+    ("def cross_entropy(l, t):\n    return torch._C._nn.cross_entropy_loss(l, t)", {"ch01.cross_entropy"}),
+    ("def cross_entropy(l, t):\n    return -(l.log_softmax(1).gather(1, t[:, None])).mean()", set()),
+    ("def cross_entropy(l, t):\n    m = l.logsumexp(1)\n    return (m - l.gather(1, t[:, None])[:, 0]).mean()",
+     {"ch01.cross_entropy"}),
+    ("def cross_entropy(l, t):\n    return (torch.special.logsumexp(l, 1) - l[range(len(t)), t]).mean()",
+     {"ch01.cross_entropy"}),
+    ("def cross_entropy(l, t):\n    return (torch.ops.aten.logsumexp.default(l, [1]) - l[range(len(t)), t]).mean()",
+     {"ch01.cross_entropy"}),
+    ("def cross_entropy(l, t):\n    return torch.nn.functional.torch._C._nn.cross_entropy_loss(l, t)",
+     {"ch01.cross_entropy"}),
+    # names reached through strings, values and other modules
+    ("def cross_entropy(l, t):\n    f = getattr(torch, 'logsumexp')\n    return (f(l, 1) - l[range(len(t)), t]).mean()",
+     {"ch01.cross_entropy"}),
+    ("def cross_entropy(l, t):\n    g = getattr\n    return g(F, 'cross_' + 'entropy')(l, t)", {"*"}),
+    ("import functools\nce = functools.partial(getattr, F)", {"*"}),
+    ("import os\ndef bigram_counts(i, v):\n    return os.sys.modules", {"*"}),
+    ("def cross_entropy(l, t):\n    return F.__dict__['cross_entropy'](l, t)", {"*", "ch01.cross_entropy"}),
+    ("def cross_entropy(l, t):\n    return F.torch.logsumexp(l, 1).mean()", {"ch01.cross_entropy"}),
+    # an alias re-pointed in dead code does not hide what it names
+    ("import math as G\nif False:\n    import torch.nn.functional as G\ndef cross_entropy(l, t):\n    return G.cross_entropy(l, t)",
+     {"ch01.cross_entropy", "ch01.perplexity"}),
+    # code that IPython runs from strings
+    ("%run helper.py", {"*"}),
+    ("!pip install something", {"*"}),
+    ("%%bash\necho hi", {"*"}),
+    ("%%writefile helper.py\nimport torch", {"*"}),
+    ("out = !ls", {"*"}),
+    ("%timeit F.cross_entropy(torch.zeros(2, 3), torch.zeros(2).long())", {"ch01.cross_entropy", "ch01.perplexity"}),
+    ("get_ipython().run_cell('x = 1')", {"*"}),
+    ("import timeit\ntimeit.timeit('1 + 1')", {"*"}),
+    # hooks that run code behind torch's back
+    ("class T(torch.Tensor):\n    @classmethod\n    def __torch_function__(cls, f, types, a=(), k=None):\n        return 0", {"*"}),
+    ("from torch.utils._python_dispatch import TorchDispatchMode", {"*"}),
+    ("import torch.library", {"*"}),
+    ("import sys\nsys.setrecursionlimit(100000)", {"*"}),
+])
+def test_static_check_closes_bypass_classes(code, hit):
+    found, messages = findings(code)
+    assert found == hit, messages
+
+
+@pytest.mark.parametrize("code", [
+    "%time x = torch.zeros(3)",
+    "%config InlineBackend.figure_format = 'png'",
+    "F.softmax?",
+    "def perplexity(l, t):\n    return math.exp(-(l.log_softmax(1)[range(len(t)), t]).mean())",
+    "class Model(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n        self.embedding = torch.nn.Embedding(3, 4)",
+    "def bigram_counts(ids, v):\n    return getattr(ids, 'shape')",
+])
+def test_static_check_still_leaves_honest_code_alone(code):
+    found, messages = findings(code)
+    assert found == set(), messages
+
+
+@pytest.mark.parametrize("code", [
+    "x = 1 <> 2",  # parses only after an earlier cell's `from __future__ import barry_as_FLUFL`
+    "x = " + "(" * 300 + "1" + ")" * 300,  # parses only under a raised recursion limit
+    "def cross_entropy(l, t)\n    return F.cross_entropy(l, t)",
+])
+def test_a_cell_the_checker_cannot_read_is_not_run(code):
+    out = analyse([("cell 3", code)], SETUP, EXERCISES, FORBIDDEN, SOLUTIONS, {"solutions.ch01_next_token"})
+    assert [f.where for f in out if f.skip_cell] == ["cell 3"]
+    assert all(not f.exercises for f in out if f.skip_cell)

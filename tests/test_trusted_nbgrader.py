@@ -111,3 +111,43 @@ def test_batch_is_resumable_and_never_double_counts(course, tmp_path):
     with Gradebook(c.db_url, c.course_id) as gb:
         for r in rows:
             assert gb.find_submission_notebook(SLUG, SLUG, r["student"]).score == float(r["score"])
+
+
+def _hangs_for_one_student(student):
+    """A grading worker that never answers for one student (a stand-in for a grader bug)."""
+    import time
+
+    from grading import batch
+
+    if student == "stall-hang":
+        time.sleep(3600)
+    return batch._ORIGINAL_GRADE_STUDENT(student)
+
+
+def test_a_stalled_grading_is_not_waited_for_and_is_skipped_after_two_stalls(course, monkeypatch):
+    from grading import batch
+
+    rel = release(course)
+    students = ["stall-hang", "stall-ok"]
+    for s in students:
+        write_submission(course, SLUG, s, submission(rel))
+        (state_dir(Course(course), SLUG) / f"{s}.json").unlink(missing_ok=True)
+    monkeypatch.setattr(batch, "_ORIGINAL_GRADE_STUDENT", batch._grade_student, raising=False)
+    monkeypatch.setattr(batch, "_grade_student", _hangs_for_one_student)
+    monkeypatch.setattr(batch, "POLL_S", 1.0)
+    logs = []
+    first = grade_assignment(course, SLUG, students=students, jobs=2, limits=TEST_LIMITS, stall_after=20,
+                             log=logs.append)
+    assert first["stalled"] == ["stall-hang"], logs
+    states = {s: json.loads((state_dir(Course(course), SLUG) / f"{s}.json").read_text()) for s in students}
+    hang = states["stall-hang"]["notebooks"][f"{SLUG}.ipynb"]["result"]
+    assert states["stall-hang"]["stalls"] == 1 and hang["score"] == 0
+    assert "not graded: grading stalled" in json.dumps(hang)
+    assert states["stall-ok"]["notebooks"][f"{SLUG}.ipynb"]["result"]["score"] == 7, "the honest student lost points"
+    second = grade_assignment(course, SLUG, students=students, jobs=2, limits=TEST_LIMITS, stall_after=20,
+                              log=logs.append)
+    assert second["stalled"] == ["stall-hang"] and second["graded"] == 1 and second["skipped"] == 1
+    third = grade_assignment(course, SLUG, students=students, jobs=2, limits=TEST_LIMITS, stall_after=20,
+                             log=logs.append)
+    assert third["graded"] == 0 and third["stalled"] == ["stall-hang"]
+    assert any("stalled 2 times" in line for line in logs)

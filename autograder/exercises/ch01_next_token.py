@@ -6,7 +6,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..core import Case, Exercise, Mistake, compare_float, compare_tensors, hidden_seed, register
+from ..core import Case, Exercise, Mistake, close_floats, close_tensors, hidden_seed, register
+from ..drivers.ch01_next_token import compare_distributions, sampling_run
 
 CH = "ch01"
 SOL = "solutions.ch01_next_token"
@@ -37,7 +38,7 @@ def _bigram_cases(hidden: bool):
                   ("empty input", torch.tensor([], dtype=torch.int64), 3)]
     for name, ids, v in specs:
         yield Case(name, (ids, v), expected=lambda ids=ids, v=v: _ref_bigram_counts(ids, v),
-                   compare=lambda e, g: compare_tensors(e, g, atol=0, rtol=0))
+                   compare=close_tensors(atol=0, rtol=0))
 
 
 register(Exercise(
@@ -71,7 +72,7 @@ def _probs_cases(hidden: bool):
         specs += [("random 40x40 counts, alpha=2", torch.randint(0, 5, (40, 40), generator=gh), 2.0)]
     for name, counts, alpha in specs:
         yield Case(name, (counts,), {"alpha": alpha}, expected=lambda c=counts, a=alpha: _ref_bigram_probs(c, a),
-                   compare=lambda e, g: compare_tensors(e, g, atol=1e-6, rtol=1e-5))
+                   compare=close_tensors(atol=1e-6, rtol=1e-5))
 
 
 register(Exercise(
@@ -104,7 +105,7 @@ def _ce_cases(hidden: bool):
         specs += [("N=64, V=100", *_ce_inputs(hidden_seed("ch01.cross_entropy", 4), 64, 100, 3.0))]
     for name, logits, targets in specs:
         yield Case(name, (logits, targets), expected=lambda l=logits, t=targets: F.cross_entropy(l.double(), t),
-                   compare=lambda e, g: compare_tensors(e, g, atol=1e-4, rtol=1e-4))
+                   compare=close_tensors(atol=1e-4, rtol=1e-4))
 
 
 def _naive_ce(logits, targets):
@@ -138,7 +139,7 @@ def _ppl_cases(hidden: bool):
         specs += [("N=50, V=30", *_ce_inputs(hidden_seed("ch01.perplexity", 6), 50, 30, 2.0))]
     for name, logits, targets in specs:
         yield Case(name, (logits, targets), expected=lambda l=logits, t=targets: math.exp(F.cross_entropy(l.double(), t).item()),
-                   compare=lambda e, g: compare_float(e, g, atol=1e-4, rtol=1e-4))
+                   compare=close_floats(atol=1e-4, rtol=1e-4))
 
 
 register(Exercise(
@@ -157,38 +158,6 @@ register(Exercise(
 
 
 # -- sample_next --------------------------------------------------------------------------
-N_DRAWS = 2000
-
-
-def _sampling_run(fn, logits, temperature):
-    """Draw N_DRAWS tokens with the learner's sampler; return the empirical frequencies."""
-    torch.manual_seed(1234)
-    generator = torch.Generator().manual_seed(1234)
-    counts = torch.zeros(logits.numel(), dtype=torch.float64)
-    for _ in range(N_DRAWS if temperature != 0 else 20):
-        token = fn(logits.clone(), temperature, generator)
-        if isinstance(token, torch.Tensor):
-            if token.numel() != 1:
-                raise TypeError(f"return one token id (an int), not a tensor of shape {tuple(token.shape)}")
-            token = token.item()
-        if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < logits.numel():
-            raise TypeError(f"return a token id: an int in [0, {logits.numel()}), not {token!r}")
-        counts[token] += 1
-    return counts / counts.sum()
-
-
-def _compare_distributions(expected, got):
-    if not isinstance(got, torch.Tensor):
-        return f"could not collect your samples: {got!r}"
-    tv = 0.5 * float((expected - got).abs().sum())
-    # With 2000 draws the sampling noise in total variation is about 0.02; 0.06 leaves room.
-    if tv > 0.06:
-        worst = int((expected - got).abs().argmax())
-        return (f"your samples do not follow softmax(logits / T): total variation distance {tv:.3f} > 0.06; "
-                f"token {worst} should come up {float(expected[worst]):.1%} of the time, yours {float(got[worst]):.1%}")
-    return None
-
-
 def _temperature_cases(hidden: bool):
     base = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0])
     specs = [("T=1", base, 1.0), ("T=0.5 (sharper)", base, 0.5), ("T=2 (flatter)", base, 2.0),
@@ -200,7 +169,7 @@ def _temperature_cases(hidden: bool):
             if t == 0:
                 return F.one_hot(torch.argmax(l), l.numel()).double()
             return torch.softmax(l.double() / t, dim=-1)
-        yield Case(name, (logits, temperature), run=_sampling_run, expected=expected, compare=_compare_distributions)
+        yield Case(name, (logits, temperature), run=sampling_run, expected=expected, compare=compare_distributions)
 
 
 def _mistake_sampler(transform):

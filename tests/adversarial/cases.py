@@ -478,3 +478,67 @@ def _(ctx):
     cell = next(c for c in nb["cells"] if c["cell_type"] == "code")
     cell["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "x" * (30 << 20)}]
     return nb
+
+
+# ---- ways around a blacklist of names: closed as classes by the grader's checker ---------------
+_STUB_CE = "def cross_entropy(logits, targets):\n    raise NotImplementedError()\n"
+
+
+@case("future-flag-hides-a-cell", "a cell that parses only under an earlier cell's __future__ flag redefines "
+      "cross_entropy with torch's C loss; the checker cannot read it, so it does not run",
+      {"ch01.cross_entropy": 0, "ch01.perplexity": 0})
+def _(ctx):
+    return _sub(ctx, {"ch01.cross_entropy": _STUB_CE},
+                extra=["from __future__ import barry_as_FLUFL\n",
+                       "import torch\ndef cross_entropy(logits, targets):\n"
+                       "    return torch._C._nn.cross_entropy_loss(logits, targets) if 1 <> 2 else None\n"])
+
+
+@case("c-function-behind-forbidden", "cross_entropy calls the C function behind F.cross_entropy "
+      "(torch._C._nn.cross_entropy_loss), which no list of forbidden names holds",
+      {"ch01.cross_entropy": 0, "ch01.perplexity": 0})
+def _(ctx):
+    return _sub(ctx, {"ch01.cross_entropy": "import torch\ndef cross_entropy(logits, targets):\n"
+                      "    return torch._C._nn.cross_entropy_loss(logits, targets)\n"})
+
+
+@case("code-run-from-a-string", "an extra cell has IPython run, from a string, a cross_entropy that calls "
+      "F.cross_entropy", {"*": 0})
+def _(ctx):
+    code = "import torch.nn.functional as G\\ndef cross_entropy(l, t):\\n    return G.cross_entropy(l, t)\\n"
+    return _sub(ctx, {"ch01.cross_entropy": _STUB_CE}, extra=[f'get_ipython().run_cell("{code}")\n'])
+
+
+@case("dispatch-subclass", "cross_entropy returns a tensor subclass whose __torch_dispatch__ computes the answer "
+      "later (while the result is encoded, after the guarded call returned)", {"*": 0})
+def _(ctx):
+    return _sub(ctx, {"ch01.cross_entropy": "import torch\n"
+                      "class Lazy(torch.Tensor):\n"
+                      "    @classmethod\n"
+                      "    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):\n"
+                      "        return func(*args, **(kwargs or {}))\n"
+                      "def cross_entropy(logits, targets):\n"
+                      "    m = logits.max(1, keepdim=True).values\n"
+                      "    lse = m[:, 0] + torch.log(torch.exp(logits - m).sum(1))\n"
+                      "    return (lse - logits[torch.arange(len(targets)), targets]).mean()\n"})
+
+
+@case("look-for-references", "bigram_counts answers only if the sandbox holds the private declarations (a file "
+      "with the reference functions) anywhere it can read", {"ch01.bigram_counts": 0})
+def _(ctx):
+    return _sub(ctx, {"ch01.bigram_counts": "import os, sys, torch\n"
+                      "def bigram_counts(ids, vocab_size):\n"
+                      "    roots = ['/grader', '/tmp', os.getcwd()] + [p for p in sys.path if p]\n"
+                      "    for root in roots:\n"
+                      "        for d, _, files in os.walk(root):\n"
+                      "            for f in files:\n"
+                      "                if f.endswith('.py') or f.endswith('.json'):\n"
+                      "                    try:\n"
+                      "                        text = open(os.path.join(d, f), errors='ignore').read()\n"
+                      "                    except OSError:\n"
+                      "                        continue\n"
+                      "                    if '_ref_bigram_counts' in text or 'def _ref_' in text:\n"
+                      "                        flat = ids[:-1] * vocab_size + ids[1:]\n"
+                      "                        return torch.bincount(flat, minlength=vocab_size ** 2)"
+                      ".view(vocab_size, vocab_size)\n"
+                      "    raise RuntimeError('no reference found')\n"})

@@ -9,7 +9,7 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
 CHP_VERSION="5.3.0"
 
-if ! "$PY" -c "import jupyterhub" 2>/dev/null; then
+if ! "$PY" -c "import jupyterhub, psycopg2" 2>/dev/null; then
   "$PY" -m pip install -q -r "$ROOT/requirements-hub.txt"
 fi
 if [ ! -x "$HERE/node_modules/.bin/configurable-http-proxy" ]; then
