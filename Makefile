@@ -30,7 +30,8 @@ book-quick: $(STAMP)
 
 # The tests also need what the trusted grader's tests use: bubblewrap for its sandbox (a
 # Debian package; without it the sandbox falls back to rlimits and a clean environment, and
-# says so), JupyterHub and configurable-http-proxy for the hub round trip.
+# says so), JupyterHub and configurable-http-proxy for the hub round trip, PostgreSQL and
+# psycopg2 for the sharded-grading test.
 test: $(STAMP) $(TEST_STAMP)
 	HF_HUB_OFFLINE=1 COURSE_QUICK=1 GRADING_HUB=1 $(PY) -m pytest -q --durations=15 tests
 
@@ -39,6 +40,8 @@ test-tools: $(TEST_STAMP)
 $(TEST_STAMP): $(STAMP) requirements-hub.txt tests/hub/setup.sh
 	command -v bwrap >/dev/null || { apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; } \
 	  || echo "bubblewrap could not be installed: the trusted grader runs in basic isolation, which refuses to grade where its unprivileged user cannot reach Python"
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; } \
+	  || echo "postgresql could not be installed: the sharded-grading test is skipped"
 	PYTHON=$(PY) bash tests/hub/setup.sh
 	touch $(TEST_STAMP)
 

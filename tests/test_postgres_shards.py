@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -52,12 +53,15 @@ def postgres(tmp_path_factory):
         import psycopg2  # noqa: F401
     except ImportError:
         pytest.skip("psycopg2 is not installed (make test-tools installs requirements-hub.txt)")
-    data = tmp_path_factory.mktemp("pg") / "data"
+    # Not under pytest's own temporary folder: its parents are private to this user, and the
+    # server runs as another one.
+    home = Path(tempfile.mkdtemp(prefix="course-pg-"))
+    os.chmod(home, 0o755)
+    data = home / "data"
     data.mkdir()
     as_user: list[str] = []
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root: use its own account
         shutil.chown(data, "postgres", "postgres")
-        os.chmod(data.parent, 0o755)
         as_user = ["runuser", "-u", "postgres", "--"]
     port = _free_port()
     subprocess.run(as_user + [initdb, "-D", str(data), "-A", "trust", "-U", "postgres"], check=True,
@@ -72,10 +76,11 @@ def postgres(tmp_path_factory):
         conn.autocommit = True
         conn.cursor().execute("CREATE DATABASE gradebook")
         conn.close()
-        yield f"postgresql://postgres@127.0.0.1:{port}/gradebook"
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/gradebook"
     finally:
         subprocess.run(as_user + [pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True,
                        timeout=120)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def _shard(course: Path, i: int, n: int) -> subprocess.Popen:

@@ -22,7 +22,11 @@ import warnings
 import numpy as np
 import torch
 
-from ..core import Case, Exercise, Mistake, compare_float, hidden_seed, register
+from ..core import Case, Exercise, Mistake, hidden_seed, register
+from ..drivers.ch11_scaling import (STATISTICS as _STATISTICS, compare_int as _compare_int,
+                                      compare_optimal as _compare_optimal, compare_pair, compare_residual,
+                                      gpt_config as _gpt_config, law as _law, sse as _sse,
+                                      with_config as _with_config, with_statistic as _with_statistic)
 
 CH = "ch11"
 SOL = "solutions.ch11_scaling"
@@ -36,26 +40,11 @@ def _rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def _gpt_config(V, T, L, H, d):
-    from solutions.ch06_gpt import GPTConfig  # the model being measured (chapter 6), not the answer
-
-    return GPTConfig(vocab_size=V, block_size=T, n_layer=L, n_head=H, n_embd=d)
-
-
 def _meta_gpt(config):
     from solutions.ch06_gpt import GPT
 
     with torch.device("meta"):
         return GPT(config)
-
-
-def _compare_int(expected, got):
-    if isinstance(got, bool) or not isinstance(got, (int, np.integer, float)) or isinstance(got, float) and not \
-            float(got).is_integer():
-        return f"expected a whole number (int), got {type(got).__name__}: {got!r}"
-    if int(got) != int(expected):
-        return f"expected {int(expected):,}, got {int(got):,} (difference {int(got) - int(expected):+,})"
-    return None
 
 
 def _config_specs(name: str, hidden: bool, n_hidden: int = 3):
@@ -83,12 +72,6 @@ def _param_expected(config, non_embedding):
     if non_embedding:
         total -= sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
     return int(total)
-
-
-def _with_config(fn, spec, *args, **kwargs):
-    """Call ``fn`` with a GPTConfig built from ``spec`` = (V, T, L, H, d): the cases carry plain
-    numbers (the trusted grader sends inputs as data, and a NamedTuple arrives as a tuple)."""
-    return fn(_gpt_config(*spec), *args, **kwargs)
 
 
 def _param_cases(hidden: bool):
@@ -216,16 +199,6 @@ register(Exercise(
 # ========================================================================================
 # fit_power_law: graded by the residual, against curve_fit on the same data
 # ========================================================================================
-def _law(N, E, A, alpha):
-    return E + A * N ** -alpha
-
-
-def _sse(params, N, L):
-    E, A, alpha = (float(v) for v in params)
-    with np.errstate(all="ignore"):
-        return float(((L - _law(N, E, A, alpha)) ** 2).sum())
-
-
 def _curve_fit_reference(N, L):
     from scipy.optimize import curve_fit
 
@@ -250,61 +223,6 @@ def _cached_curve_fit(N_bytes, L_bytes):
     return _curve_fit_reference(np.frombuffer(N_bytes), np.frombuffer(L_bytes))
 
 
-def _in_bounds(p) -> str | None:
-    E, A, alpha = p
-    if not (E >= -1e-9):
-        return f"E = {E:.4g} is negative: an irreducible loss below zero is impossible (a cross-entropy is >= 0)"
-    if not (A >= 0):
-        return f"A = {A:.4g} is negative: the loss would grow with N"
-    if not (-1e-9 <= alpha <= 3 + 1e-9):
-        return (f"alpha = {alpha:.4g} is outside [0, 3]: the law is written A / N**alpha with alpha > 0; an "
-                "unbounded exponent drifts to where the data cannot pin it")
-    return None
-
-
-class _ResidualCompare:
-    """Accept any (E, A, alpha) inside the bounds whose residual is at most curve_fit's.
-
-    ``reference`` is the object the case's ``expected`` returns; when the first argument is
-    something else (a reproduced mistake, while the feedback looks for a name), the two
-    fits must agree in their residual and their predictions instead.
-    """
-
-    def __init__(self, N, L):
-        self.N, self.L, self.reference = N, L, None
-        self.tol = 1e-9 * len(L) * float(np.mean(L)) ** 2
-
-    def expected(self):
-        if self.reference is None:
-            self.reference = _cached_curve_fit(self.N.tobytes(), self.L.tobytes())
-        return self.reference
-
-    def __call__(self, expected, got):
-        try:
-            got = tuple(float(v) for v in got)
-        except (TypeError, ValueError):
-            return f"expected a tuple of three floats (E, A, alpha), got {type(got).__name__}: {got!r}"
-        if len(got) != 3:
-            return f"expected three numbers (E, A, alpha), got {len(got)}"
-        if any(math.isnan(v) for v in got):
-            return f"your fit contains NaN: {got}"
-        s_got, s_exp = _sse(got, self.N, self.L), _sse(expected, self.N, self.L)
-        if expected is self.reference:
-            problem = _in_bounds(got)
-            if problem:
-                return problem
-            if s_got <= s_exp * (1 + 1e-3) + self.tol:
-                return None
-            return (f"your fit leaves a sum of squared residuals of {s_got:.4g}; curve_fit reaches {s_exp:.4g} on the "
-                    f"same data (E={expected[0]:.4g}, A={expected[1]:.4g}, alpha={expected[2]:.4g}); yours is "
-                    f"E={got[0]:.4g}, A={got[1]:.4g}, alpha={got[2]:.4g}")
-        with np.errstate(all="ignore"):
-            same_curve = np.allclose(_law(self.N, *got), _law(self.N, *expected), rtol=1e-3, atol=1e-6)
-        if same_curve and abs(s_got - s_exp) <= 1e-2 * s_exp + self.tol:
-            return None
-        return "a different fit"
-
-
 def _law_data(seed, n, E, A, alpha, noise, lo=3.0, hi=7.0):
     r = _rng(seed)
     N = np.geomspace(10 ** lo, 10 ** hi, n)
@@ -326,8 +244,8 @@ def _fit_cases(hidden: bool):
                              float(r.uniform(0.0, 0.02)), float(r.uniform(2.5, 4)), float(r.uniform(6, 8)))
             specs.append((f"hidden case {k + 1}", data))
     for label, (N, L) in specs:
-        cmp = _ResidualCompare(N, L)
-        yield Case(label, (N, L), expected=cmp.expected, compare=cmp, check_mutation=False)
+        yield Case(label, (N, L), expected=lambda N=N, L=L: {"curve_fit": _cached_curve_fit(N.tobytes(), L.tobytes())},
+                   compare=functools.partial(compare_residual, N=N, L=L), check_mutation=False)
 
 
 def _m_loglog_line(N, L):
@@ -383,26 +301,6 @@ def _isoflop_expected(N, L):
     return float(np.exp(x)), float(p(x))
 
 
-def _compare_pair(rtol=1e-6, atol=1e-9, names=("first value", "second value")):
-    def compare(expected, got):
-        try:
-            got = tuple(got)
-        except TypeError:
-            return f"expected a pair of numbers, got {type(got).__name__}: {got!r}"
-        if len(got) != 2:
-            return f"expected a pair of numbers, got {len(got)} values"
-        for name, e, g in zip(names, expected, got):
-            try:
-                gf = float(g)
-            except (TypeError, ValueError):
-                return f"{name}: expected a number, got {type(g).__name__}"
-            problem = compare_float(float(e), gf, atol=atol, rtol=rtol)
-            if problem:
-                return f"{name}: {problem}"
-        return None
-    return compare
-
-
 def _profile(seed, n, x_opt, curv, L0, noise, half_width):
     r = _rng(seed)
     lnN = np.linspace(x_opt - half_width + r.uniform(-0.4, 0.4), x_opt + half_width + r.uniform(-0.4, 0.4), n)
@@ -423,7 +321,7 @@ def _isoflop_cases(hidden: bool):
                                    float(r.uniform(1, 3)), float(r.uniform(0, 0.01)), float(r.uniform(1.5, 3.5)))))
     for label, (N, L) in specs:
         yield Case(label, (N, L), expected=lambda N=N, L=L: _isoflop_expected(N, L),
-                   compare=_compare_pair(rtol=1e-6, names=("N_opt", "L_opt")), check_mutation=False)
+                   compare=functools.partial(compare_pair, rtol=1e-6, names=("N_opt", "L_opt")), check_mutation=False)
 
 
 def _i_argmin(N, L):
@@ -484,30 +382,6 @@ def _optimal_expected(C, E, A, B, alpha, beta):
     return (np.array([p[0] for p in pairs]).reshape(np.shape(C)), np.array([p[1] for p in pairs]).reshape(np.shape(C)))
 
 
-def _compare_optimal(expected, got):
-    try:
-        got = tuple(got)
-    except TypeError:
-        return f"expected a pair (N_opt, D_opt), got {type(got).__name__}: {got!r}"
-    if len(got) != 2:
-        return f"expected a pair (N_opt, D_opt), got {len(got)} values"
-    for name, e, g in zip(("N_opt", "D_opt"), expected, got):
-        e = np.asarray(e, dtype=np.float64)
-        try:
-            g = np.asarray(g, dtype=np.float64)
-        except (TypeError, ValueError):
-            return f"{name}: expected numbers, got {type(g).__name__}"
-        if g.shape != e.shape:
-            return f"{name}: expected shape {e.shape} (the shape of C), got {g.shape}"
-        bad = ~np.isclose(g, e, rtol=2e-5, atol=0)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            ev, gv = float(e.ravel()[i]), float(g.ravel()[i])
-            return f"{name}: expected {ev:.6g}, got {gv:.6g} (ratio {gv / ev:.4g})" + (
-                f" at C index {i}" if e.ndim else "")
-    return None
-
-
 def _optimal_cases(hidden: bool):
     hoff = (1.69, 406.4, 410.7, 0.34, 0.28)
     besi = (1.8172, 482.01, 2085.43, 0.3478, 0.3658)
@@ -566,23 +440,6 @@ register(Exercise(
 # ========================================================================================
 # bootstrap_interval
 # ========================================================================================
-def _loglog_slope(x, y):
-    return float(np.polyfit(np.log(x), np.log(y), 1)[0])
-
-
-def _mean_ratio(x, y):
-    return float(np.mean(y) / np.mean(x))
-
-
-_STATISTICS = {"slope": _loglog_slope, "ratio": _mean_ratio}
-
-
-def _with_statistic(fn, x, y, which, **kwargs):
-    """Call ``fn(x, y, statistic, ...)`` with the statistic named ``which``: the cases carry its
-    name, not the function (the trusted grader sends inputs as data)."""
-    return fn(x, y, _STATISTICS[which], **kwargs)
-
-
 def _bootstrap_expected(x, y, statistic, n_boot, level, seed):
     return _cached_bootstrap(x.tobytes(), y.tobytes(), statistic, n_boot, level, seed)
 
@@ -619,7 +476,7 @@ def _bootstrap_cases(hidden: bool):
         yield Case(label, (x, y, stat), {"n_boot": n_boot, "level": level, "seed": seed}, run=_with_statistic,
                    expected=lambda x=x, y=y, s=stat, b=n_boot, lv=level, sd=seed: _bootstrap_expected(
                        x, y, _STATISTICS[s], b, lv, sd),
-                   compare=_compare_pair(rtol=1e-7, atol=1e-10, names=("lower end", "upper end")),
+                   compare=functools.partial(compare_pair, rtol=1e-7, atol=1e-10, names=("lower end", "upper end")),
                    check_mutation=False)
 
 

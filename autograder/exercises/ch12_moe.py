@@ -23,7 +23,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..core import Case, Exercise, Mistake, compare_tensors, hidden_seed, inherit, register
+from ..core import Case, Exercise, Mistake, close_tensors, compare_tensors, hidden_seed, inherit, register
+from ..drivers.ch12_moe import compare_routing, compare_scalar
 
 CH = "ch12"
 SOL = "solutions.ch12_moe"
@@ -53,16 +54,11 @@ def _hidden_shape(ex_id: str, i: int, choices: dict) -> dict:
 
 
 def _close(atol=1e-5, rtol=1e-4):
-    return lambda e, g: compare_tensors(e, g, atol=atol, rtol=rtol)
+    return close_tensors(atol=atol, rtol=rtol)
 
 
 def _close_scalar(atol=1e-5, rtol=1e-5):
-    """A loss: a 0-dim tensor, or a plain Python number, close to the reference."""
-    def compare(e, g):
-        if isinstance(g, (int, float)) and not isinstance(g, bool):
-            g = torch.tensor(float(g), dtype=torch.float64)
-        return compare_tensors(torch.as_tensor(e), g, atol=atol, rtol=rtol)
-    return compare
+    return functools.partial(compare_scalar, atol=atol, rtol=rtol)
 
 
 # ========================================================================================
@@ -112,27 +108,7 @@ def _router_expected(x, w, k, normalize):
     return weights, index
 
 
-def _compare_pair(expected, got, atol=1e-6, rtol=1e-5, sort=False):
-    if not isinstance(got, (tuple, list)) or len(got) != 2:
-        return f"return a pair (weights, index), got {type(got).__name__}"
-    ew, ei = expected
-    gw, gi = got
-    if not isinstance(gi, torch.Tensor) or not isinstance(gw, torch.Tensor):
-        return "weights and index must both be tensors"
-    if tuple(gi.shape) != tuple(ei.shape):
-        return f"index has shape {tuple(gi.shape)}, expected {tuple(ei.shape)} (one row per token, k experts)"
-    if gi.dtype.is_floating_point:
-        return "index must be an integer tensor (the expert numbers)"
-    if sort:  # the order within a row is free: compare as sets
-        ei, perm_e = ei.sort(dim=-1)
-        ew = ew.gather(-1, perm_e)
-        gi, perm_g = gi.long().sort(dim=-1)
-        gw = gw.gather(-1, perm_g) if gw.shape == perm_g.shape else gw
-    if not torch.equal(gi.long(), ei.long()):
-        bad = int((gi.long() != ei.long()).any(-1).nonzero()[0])
-        return f"token {bad} chose experts {gi[bad].tolist()}, expected {ei[bad].tolist()}"
-    problem = compare_tensors(ew, gw, atol=atol, rtol=rtol)
-    return None if problem is None else f"the right experts, but the weights differ: {problem}"
+_compare_pair = compare_routing
 
 
 def _router_cases(hidden: bool):
@@ -660,7 +636,7 @@ def _ds_cases(hidden: bool):
             bias = torch.zeros(E)
             bias[0] = 5.0
         yield Case(name, (x, w, bias, k, scaling), expected=lambda a=(x, w, bias, k, scaling): _ds_expected(*a),
-                   compare=lambda e, g: _compare_pair(e, g, sort=True))
+                   compare=functools.partial(compare_routing, sort=True))
 
 
 def _ds_wrong(kind):

@@ -20,7 +20,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core import Case, Exercise, Mistake, compare_float, compare_tensors, hidden_seed, inherit, register
+from ..core import Case, Exercise, Mistake, close_tensors, compare_tensors, hidden_seed, inherit, register
+from ..drivers.ch13_long_context import Weights as _Weights, compare_cos_sin as _compare_cos_sin, compare_named_pair
+from ..drivers.ch13_long_context import compare_step as _compare_step, compare_yarn as _compare_yarn
+from ..drivers.ch13_long_context import run_mixer as _run_mixer, run_step as _run_step, weights as _weights
 
 CH = "ch13"
 SOL = "solutions.ch13_long_context"
@@ -73,7 +76,11 @@ def _rope_ref(rope_type, head_dim, base, factor, max_position, seq_len=None, ori
 
 
 def _cmp(atol=1e-6, rtol=1e-5):
-    return lambda e, g: compare_tensors(e, g, atol=atol, rtol=rtol)
+    return close_tensors(atol=atol, rtol=rtol)
+
+
+def _compare_pair(n1, n2, atol=1e-5, rtol=1e-4):
+    return functools.partial(compare_named_pair, names=(n1, n2), atol=atol, rtol=rtol)
 
 
 # ========================================================================================
@@ -185,16 +192,6 @@ def _yarn_cases(hidden: bool):
                    compare=_compare_yarn)
 
 
-def _compare_yarn(expected, got):
-    if not isinstance(got, (tuple, list)) or len(got) != 2:
-        return f"return a pair (inv_freq, attention_factor), got {type(got).__name__}"
-    problem = compare_tensors(expected[0], got[0], atol=1e-6, rtol=1e-5)
-    if problem:
-        return f"inv_freq: {problem}"
-    problem = compare_float(float(expected[1]), got[1], atol=1e-6, rtol=1e-6)
-    return None if problem is None else f"attention_factor: {problem}"
-
-
 def _yarn_variant(d, b, f, m, bf=32.0, bs=1.0, kind=""):
     def index_of(turns):
         return d * math.log(m / (turns * 2 * math.pi)) / (2 * math.log(b))
@@ -277,17 +274,6 @@ def _cos_sin_expected(positions, d, b, f, m):
     return cos[0], sin[0]
 
 
-def _compare_cos_sin(expected, got):
-    if not isinstance(got, (tuple, list)) or len(got) != 2:
-        return f"return a pair (cos, sin), got {type(got).__name__}"
-    for label, e, g in (("cos", expected[0], got[0]), ("sin", expected[1], got[1])):
-        # Angles reach thousands of radians: float32 rounding of the angle alone moves cos by ~1e-4.
-        problem = compare_tensors(e, g, atol=1e-3, rtol=1e-3)
-        if problem:
-            return f"{label}: {problem}"
-    return None
-
-
 def _cos_sin_cases(hidden: bool):
     specs = [("positions 0..99, head_dim 16, factor 4, trained on 64", torch.arange(100), 16, 10000.0, 4.0, 64),
              ("positions 0..511, head_dim 64, factor 8, trained on 128", torch.arange(512), 64, 10000.0, 8.0, 128),
@@ -360,18 +346,6 @@ def _zoh_cases(hidden: bool):
         _, delta, A, B, _, _ = _mamba_like_inputs(_gen(seed), b, L, d, N, scale)
         yield Case(name, (delta, A, B), expected=lambda dl=delta, A=A, B=B: _zoh_expected(dl, A, B),
                    compare=_compare_pair("dA", "dB"))
-
-
-def _compare_pair(n1, n2, atol=1e-5, rtol=1e-4):
-    def compare(expected, got):
-        if not isinstance(got, (tuple, list)) or len(got) != 2:
-            return f"return a pair ({n1}, {n2}), got {type(got).__name__}"
-        for label, e, g in ((n1, expected[0], got[0]), (n2, expected[1], got[1])):
-            problem = compare_tensors(e, g, atol=atol, rtol=rtol)
-            if problem:
-                return f"{label}: {problem}"
-        return None
-    return compare
 
 
 def _zoh_variant(delta, A, B, kind):
@@ -530,39 +504,6 @@ register(Exercise(
 # ========================================================================================
 # The Mamba mixer
 # ========================================================================================
-class _Weights(nn.Module):
-    """The attribute names the learner's MambaWeights has (and MambaMixer's), loaded from MambaMixer."""
-
-    def __init__(self, mixer, state_dict=None):
-        super().__init__()
-        for name in ("hidden_size", "intermediate_size", "time_step_rank"):
-            setattr(self, name, getattr(mixer, name))
-        self.ssm_state_size, self.conv_kernel_size = mixer.ssm_state_size, mixer.conv_kernel_size
-        D, K, H = mixer.intermediate_size, mixer.conv_kernel_size, mixer.hidden_size
-        self.in_proj = nn.Linear(H, 2 * D, bias=False)
-        self.conv1d = nn.Conv1d(D, D, K, groups=D, padding=K - 1, bias=True)
-        self.x_proj = nn.Linear(D, self.time_step_rank + 2 * self.ssm_state_size, bias=False)
-        self.dt_proj = nn.Linear(self.time_step_rank, D, bias=True)
-        self.A_log = nn.Parameter(torch.zeros(D, self.ssm_state_size))
-        self.D = nn.Parameter(torch.zeros(D))
-        self.out_proj = nn.Linear(D, H, bias=False)
-        self.load_state_dict(mixer.state_dict() if state_dict is None else state_dict)
-
-
-class _Shape:
-    """The sizes of a mixer, read off its state dict (the weights travel to a sandbox as plain tensors)."""
-
-    def __init__(self, sd):
-        self.intermediate_size, self.hidden_size = sd["in_proj.weight"].shape[0] // 2, sd["in_proj.weight"].shape[1]
-        self.ssm_state_size, self.conv_kernel_size = sd["A_log"].shape[1], sd["conv1d.weight"].shape[2]
-        self.time_step_rank = sd["dt_proj.weight"].shape[1]
-
-
-def _weights(sd) -> _Weights:
-    """A MambaWeights-like module (the learner's attribute names) holding the state dict ``sd``."""
-    return _Weights(_Shape(sd), sd)
-
-
 @functools.lru_cache(maxsize=None)
 def _mixer(seed, H, N, K, expand):
     from transformers import MambaConfig
@@ -588,11 +529,6 @@ def _mixer_expected(spec, x):
 
 def _state(spec):
     return {k: v.detach().clone() for k, v in _mixer(*spec)[1].state_dict().items()}
-
-
-def _run_mixer(fn, sd, x):
-    with torch.no_grad():
-        return fn(_weights(sd), x)
 
 
 def _mixer_variant(w, x, kind="", scan=None, conv=None):
@@ -693,35 +629,6 @@ def _step_case(spec, b, prefill, steps):
         with torch.no_grad():
             outs[0] = mixer(x[:, :1])[:, 0]
     return x[:, prefill:], conv0, ssm0, {"y": torch.stack(outs, 1), "conv_state": conv, "ssm_state": ssm}
-
-
-def _run_step(fn, sd, xs, conv, ssm):
-    w = _weights(sd)
-    shapes = (tuple(conv.shape), tuple(ssm.shape))
-    ys = []
-    with torch.no_grad():
-        for t in range(xs.shape[1]):
-            out = fn(w, xs[:, t], conv, ssm)
-            if not isinstance(out, (tuple, list)) or len(out) != 3:
-                return {"error": f"return (y_t, conv_state, ssm_state), got {type(out).__name__}"}
-            y, conv, ssm = out
-            if (tuple(conv.shape), tuple(ssm.shape)) != shapes:
-                return {"error": f"after step {t + 1} the states have shapes {tuple(conv.shape)} and "
-                                 f"{tuple(ssm.shape)}; they must keep {shapes[0]} and {shapes[1]} (constant memory)"}
-            ys.append(y)
-    return {"y": torch.stack(ys, 1), "conv_state": conv, "ssm_state": ssm}
-
-
-def _compare_step(expected, got):
-    if not isinstance(got, dict):
-        return f"could not read your result: {got!r}"
-    if "error" in got:
-        return got["error"]
-    for key in ("y", "conv_state", "ssm_state"):
-        problem = compare_tensors(expected[key], got[key], atol=2e-5, rtol=1e-4)
-        if problem:
-            return f"{key} after the steps: {problem}"
-    return None
 
 
 def _step_variant(kind):
