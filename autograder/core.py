@@ -731,7 +731,8 @@ def _run_case(ex: Exercise, case: Case, submission: Any, diagnoser: "Diagnoser |
                        group=case.group)
 
 
-DIAGNOSIS_BUDGET_S = 4.0  # time one exercise may spend reproducing mistakes, beyond the checks themselves
+DIAGNOSIS_BUDGET_S = 4.0  # CPU time one exercise may spend reproducing mistakes, beyond the checks themselves
+DIAGNOSIS_WALL_FACTOR = 2.0  # ... and wall-clock time, at most this many times more
 
 
 def _has_nan(x: Any, depth: int = 0) -> bool:
@@ -803,15 +804,17 @@ class Diagnoser:
             left = self.budget - self.spent
             if left <= 0:
                 return ""
-            t0 = time.process_time()  # CPU time: a busy machine does not use up the budget
+            # Charged in CPU time, so that a busy machine does not use up the budget, but at
+            # least half the wall-clock time, so that a mistake that waits is stopped too.
+            c0, w0 = time.process_time(), time.perf_counter()
             try:
-                with _Timeout(left, wall_factor=6.0):
+                with _Timeout(left, wall_factor=DIAGNOSIS_WALL_FACTOR):
                     produced = produce_for(i)
             except (Exception, CaseTimeout):
                 self.broken.add(i)
                 produced = None
             finally:
-                self.spent += time.process_time() - t0
+                self.spent += max(time.process_time() - c0, (time.perf_counter() - w0) / DIAGNOSIS_WALL_FACTOR)
             if produced is _FAILED:
                 self.broken.add(i)
                 continue
@@ -974,18 +977,29 @@ def score_by_groups(points: float, checks: list[tuple[str, bool]]) -> float:
     return round(sum(share for ok in groups.values() if ok), 6)
 
 
+def title_line(ex: Exercise, suffix: str = "") -> str:
+    """The first line of an exercise's report."""
+    return f"{ex.id}: {ex.title} ({ex.points:g} point{'s' if ex.points != 1 else ''}){suffix}"
+
+
+def check_lines(ex: Exercise, status: str, checks: list) -> list[str]:
+    """The report's lines for the checks: one per check, and under a failed one the mistake
+    it likely is or what the numbers say. Shared by the notebook's check and the trusted
+    grader (whose checks have the same fields)."""
+    if status == "not-implemented":
+        return [f"  - {ex.name} is not implemented yet: replace `raise NotImplementedError()` with your code."]
+    lines = []
+    for c in checks:
+        lines.append(f"  {'PASS' if c.passed else 'FAIL'} {c.name}" + ("" if c.passed else f": {c.message}"))
+        if c.diagnosis:
+            lines.append(f"       likely mistake: {c.diagnosis}")
+        elif c.hint:
+            lines.append(f"       what the numbers say: {c.hint}")
+    return lines
+
+
 def format_feedback(ex: Exercise, result: GradeResult) -> str:
-    lines = [f"{ex.id}: {ex.title} ({ex.points:g} point{'s' if ex.points != 1 else ''})"]
-    if result.status == "not-implemented":
-        lines.append(f"  - {ex.name} is not implemented yet: replace `raise NotImplementedError()` with your code.")
-    else:
-        for c in result.checks:
-            mark = "PASS" if c.passed else "FAIL"
-            lines.append(f"  {mark} {c.name}" + ("" if c.passed else f": {c.message}"))
-            if c.diagnosis:
-                lines.append(f"       likely mistake: {c.diagnosis}")
-            elif c.hint:
-                lines.append(f"       what the numbers say: {c.hint}")
+    lines = [title_line(ex)] + check_lines(ex, result.status, result.checks)
     lines.append(verdict_line(ex, result.passed, result.score, [(c.group, c.passed) for c in result.checks]))
     return "\n".join(lines)
 

@@ -173,6 +173,12 @@ def grade_assignment(course_dir: Path, assignment: str, students: list[str] | No
         state["recorded"] = True
         _write_atomic(sdir / f"{state['student']}.json", state)
 
+    # Create the gradebook's schema now, once, before any worker opens it (shards started
+    # together on one PostgreSQL database would race to create it).
+    from .nbgrader_step import open_gradebook
+
+    with open_gradebook(course):
+        pass
     for state in to_record:
         record(state)
 

@@ -560,18 +560,8 @@ class TrustedGrader:
 
 
 def format_feedback(ex: core.Exercise, r: ExerciseResult) -> str:
-    lines = [f"{ex.id}: {ex.title} ({ex.points:g} point{'s' if ex.points != 1 else ''}) [trusted grader]"]
-    for n in r.notes:
-        lines.append(f"  ! {n}")
-    if r.status == "not-implemented":
-        lines.append(f"  - {ex.name} is not implemented yet: replace `raise NotImplementedError()` with your code.")
-    else:
-        for c in r.checks:
-            lines.append(f"  {'PASS' if c.passed else 'FAIL'} {c.name}" + ("" if c.passed else f": {c.message}"))
-            if c.diagnosis:
-                lines.append(f"       likely mistake: {c.diagnosis}")
-            elif c.hint:
-                lines.append(f"       what the numbers say: {c.hint}")
+    lines = [core.title_line(ex, " [trusted grader]")] + [f"  ! {n}" for n in r.notes]
+    lines += core.check_lines(ex, r.status, r.checks)
     n_ok = sum(c.passed for c in r.checks)
     if r.status == "failed":
         lines.append(core.verdict_line(ex, False, r.score, [(c.group, c.passed) for c in r.checks]))

@@ -86,15 +86,36 @@ class Course:
             return None
 
 
+def open_gradebook(course: Course, attempts: int = 8):
+    """nbgrader's ``Gradebook`` for the course, opened even while another shard opens it.
+
+    Opening a gradebook creates its tables and types when they are missing; two shards that
+    start together on one PostgreSQL database race to create them, and the loser gets a
+    duplicate-key error. The schema is there by then: open again."""
+    import random
+    import time as _time
+
+    from nbgrader.api import Gradebook
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    for attempt in range(attempts):
+        try:
+            return Gradebook(course.db_url, course.course_id)
+        except (IntegrityError, ProgrammingError, OperationalError):
+            if attempt == attempts - 1:
+                raise
+            _time.sleep(0.2 * (attempt + 1) + random.random() * 0.3)
+
+
 def record_grades(course: Course, assignment: str, student: str, source: SourceInfo, notebook_id: str,
                   result: SubmissionResult, log=print) -> None:
     """Set the auto scores of the test cells of one submitted notebook in the gradebook."""
-    from nbgrader.api import Gradebook, MissingEntry
+    from nbgrader.api import MissingEntry
 
     import warnings
 
     ts = course.timestamp(student, assignment)
-    with warnings.catch_warnings(), Gradebook(course.db_url, course.course_id) as gb:
+    with warnings.catch_warnings(), open_gradebook(course) as gb:
         warnings.simplefilter("ignore")
         gb.update_or_create_student(student)
         kwargs = {"timestamp": ts} if ts else {}

@@ -18,9 +18,10 @@ import warnings
 import pytest
 import torch
 
+import autograder.drivers.ch10_alignment as D
 import autograder.exercises.ch10_alignment as E
 
-V = len(E._CHARS) + len(E._ROLE_TOKENS)
+V = len(D.CHARS) + len(D.ROLE_TOKENS)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def _dataset(rows):
 
 def test_reward_loss_equals_trl(trl, tmp_path):
     model = _gpt2(0, "GPT2ForSequenceClassification", num_labels=1)
-    tok = E._tokenizer()
+    tok = D.tokenizer()
     model.config.pad_token_id = tok.pad_token_id
     trainer = trl.RewardTrainer(model=model, args=trl.RewardConfig(**_common(tmp_path)), processing_class=tok,
                                 train_dataset=_dataset([{"chosen": "ab", "rejected": "cd"}] * 2))
@@ -80,7 +81,7 @@ def test_reward_loss_equals_trl(trl, tmp_path):
 
 def test_dpo_loss_equals_trl(trl, tmp_path):
     policy, reference = _gpt2(1), _gpt2(2)
-    tok = E._tokenizer()
+    tok = D.tokenizer()
     args = trl.DPOConfig(**_common(tmp_path), beta=0.1, loss_type=["sigmoid"])
     trainer = trl.DPOTrainer(model=policy, ref_model=reference, args=args, processing_class=tok,
                              train_dataset=_dataset([{"prompt": "ab", "chosen": "c", "rejected": "d"}] * 2))
@@ -101,7 +102,7 @@ def test_dpo_loss_equals_trl(trl, tmp_path):
 
 def _grpo_trainer(trl, tmp_path, loss_type="grpo", beta=0.04, kl_ratio=True, T=6):
     model = _gpt2(3)
-    tok = E._tokenizer()
+    tok = D.tokenizer()
     model_dir = tmp_path / "model"
     model.save_pretrained(model_dir)
     tok.save_pretrained(model_dir)

@@ -3,36 +3,18 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-import tempfile
 
 import torch
 import torch.nn.functional as F
 
-from ..core import Case, Exercise, Mistake, compare_float, compare_tensors, hidden_seed, register
+from ..core import Case, Exercise, Mistake, close_tensors, hidden_seed, register
+from ..drivers.ch07_pretraining import (adamw_run, batch_run, ce_grad_run, clip_run, clip_setup, compare_batches,
+                                        compare_clip, compare_lrs, compare_params, compare_resumed, fresh,
+                                        load_checkpoint_run, lr_run, one_thread, run_steps, save_checkpoint_run,
+                                        warm_up_optimizers)
 
 CH = "ch07"
 SOL = "solutions.ch07_pretraining"
-
-
-def _one_thread(fn):
-    """Run on one thread: these cases are tiny, and on a busy machine (a shared JupyterHub)
-    waking a second thread for every small op costs far more than the op itself."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.set_num_threads(threads)
-    return wrapper
-
-
-def _warm_up_optimizers() -> None:
-    """The first optimizer built in a process imports torch._dynamo (seconds on a busy
-    machine); do it before the timed cases."""
-    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1).zero_grad()
 
 
 # -- get_batch ----------------------------------------------------------------------------
@@ -40,113 +22,6 @@ def _stream(n: int, seed: int) -> torch.Tensor:
     # Distinct values, so every window says where it starts.
     g = torch.Generator().manual_seed(seed)
     return torch.randperm(n, generator=g) + 3
-
-
-@_one_thread
-def _batch_run(fn, data, block_size, batch_size, calls, coverage=True):
-    """Call the sampler ``calls`` times with a seeded generator and summarise what it drew.
-
-    The summary is a dict of coarse facts (shapes, windows, targets, which starts occur,
-    one start per batch or not, uniformity, use of the generator), so that two samplers
-    with the same bug summarise the same way whatever their random draws.
-    """
-    N, T, B = len(data), block_size, batch_size
-    n_windows = N - T
-    where = torch.full((int(data.max()) + 1,), -1, dtype=torch.long)
-    where[data] = torch.arange(N)
-    torch.manual_seed(0)
-    gen = torch.Generator().manual_seed(1234)
-    counts = torch.zeros(N, dtype=torch.long)
-    shifted = same_as_x = True
-    one_start = B > 1 and n_windows > 1
-    for _ in range(calls):
-        out = fn(data, T, B, gen)
-        if not isinstance(out, (tuple, list)) or len(out) != 2:
-            return {"form": f"return a pair (x, y), not {type(out).__name__}"}
-        x, y = out
-        for name, t in (("x", x), ("y", y)):
-            if not isinstance(t, torch.Tensor):
-                return {"form": f"{name} should be a tensor, got {type(t).__name__}"}
-            if tuple(t.shape) != (B, T):
-                return {"form": f"{name} should have shape (batch_size, block_size) = {(B, T)}, got {tuple(t.shape)}"}
-            if t.dtype != torch.long:
-                return {"form": f"{name} should be int64 token ids, got {t.dtype}"}
-        inside = (x >= 0) & (x < len(where))
-        if not bool(inside.all()):
-            return {"form": "ok", "windows": False}
-        starts = where[x[:, 0]]
-        expect_x = data[(starts.clamp(0, N - T))[:, None] + torch.arange(T)]
-        if bool((starts < 0).any()) or not torch.equal(x, expect_x):
-            return {"form": "ok", "windows": False}
-        if bool((starts > N - T - 1).any()):
-            return {"form": "ok", "windows": True, "targets": "shifted", "range": "past the end: a start above N - block_size - 1"}
-        expect_y = data[starts[:, None] + torch.arange(1, T + 1)]
-        shifted &= torch.equal(y, expect_y)
-        same_as_x &= torch.equal(y, x)
-        one_start &= bool((starts == starts[0]).all())
-        counts += torch.bincount(starts, minlength=N)
-    summary = {"form": "ok", "windows": True,
-               "targets": "shifted" if shifted else ("x itself" if same_as_x else "not x shifted by one")}
-    seen = torch.nonzero(counts).flatten()
-    lo, hi = int(seen.min()), int(seen.max())
-    if coverage:
-        if lo == 0 and hi == N - T - 1 and len(seen) == n_windows:
-            summary["range"] = "every start"
-        elif lo == 0 and hi == N - T - 2:
-            summary["range"] = "never the last window"
-        else:
-            summary["range"] = f"starts seen only in [{lo}, {hi}] ({len(seen)} distinct)"
-    else:
-        summary["range"] = "every start"  # only bounds checked (above)
-    summary["batch"] = "one start per batch" if one_start else "independent starts"
-    if coverage and summary["range"] == "every start" and not one_start and n_windows > 1:
-        summary["uniform"] = _looks_uniform(counts[:n_windows])
-    else:
-        summary["uniform"] = True
-    # A seeded generator must reproduce the batch whatever the global RNG did in between.
-    torch.manual_seed(1)
-    a = fn(data, T, B, torch.Generator().manual_seed(77))
-    torch.manual_seed(2)
-    b = fn(data, T, B, torch.Generator().manual_seed(77))
-    summary["generator"] = "reproducible" if torch.equal(a[0], b[0]) else "ignored"
-    return summary
-
-
-def _looks_uniform(counts: torch.Tensor) -> bool:
-    """Pearson's chi-square test against the uniform distribution, at p = 1e-6."""
-    n, k = int(counts.sum()), len(counts)
-    expected = n / k
-    stat = float(((counts.double() - expected) ** 2 / expected).sum())
-    # Upper tail of chi-square with k - 1 degrees of freedom (Wilson-Hilferty: the cube
-    # root of chi2 / df is close to normal), accurate to a few percent in p here.
-    df = k - 1
-    z = ((stat / df) ** (1 / 3) - (1 - 2 / (9 * df))) / math.sqrt(2 / (9 * df))
-    p_value = 0.5 * math.erfc(z / math.sqrt(2))
-    return p_value > 1e-6  # a correct sampler fails about once in a million
-
-
-_BATCH_SENTENCES = {
-    "form": lambda e, g: g,
-    "windows": lambda e, g: "each row of x must be a contiguous window data[s : s + block_size] of the input",
-    "targets": lambda e, g: f"y is {g}: y[b] must be data[s + 1 : s + block_size + 1], x shifted left by one",
-    "range": lambda e, g: (f"window starts: {g}; every start 0 .. N - block_size - 1 should be possible, "
-                           "no more (the last window's target ends at data[N - 1])"),
-    "batch": lambda e, g: "every row of a batch starts at the same place: draw batch_size independent starts",
-    "uniform": lambda e, g: ("the starts are not uniform (chi-square test, p < 1e-6): every window should be "
-                             "equally likely"),
-    "generator": lambda e, g: ("the same seeded generator gave different batches: draw with "
-                               "torch.randint(..., generator=generator) rather than the global RNG"),
-}
-
-
-def _compare_batches(expected: dict, got) -> str | None:
-    if not isinstance(got, dict):
-        return f"could not collect your batches: {got!r}"
-    for key, want in expected.items():
-        have = got.get(key)
-        if have != want:
-            return _BATCH_SENTENCES[key](want, have)
-    return None
 
 
 def _batch_cases(hidden: bool):
@@ -163,8 +38,8 @@ def _batch_cases(hidden: bool):
         data = _stream(n, seed)
         expected = {"form": "ok", "windows": True, "targets": "shifted", "range": "every start",
                     "batch": "independent starts", "uniform": True, "generator": "reproducible"}
-        yield Case(name, (data, t, b, calls, coverage), run=_batch_run,
-                   expected=lambda e=expected: e, compare=_compare_batches)
+        yield Case(name, (data, t, b, calls, coverage), run=batch_run,
+                   expected=lambda e=expected: e, compare=compare_batches)
 
 
 def _sampler(low_shift=0, high_shift=0, target_shift=1, one_start=False, use_generator=True):
@@ -209,18 +84,7 @@ def _ref_ce(logits, targets):
     return F.cross_entropy(logits.double().reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
-@_one_thread
-def _ce_grad_run(fn, logits, targets):
-    logits = logits.clone().requires_grad_(True)
-    loss = fn(logits, targets)
-    if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
-        raise TypeError("the loss must be a tensor connected to the logits (no .item(), no torch.tensor(...)): "
-                        "training calls loss.backward()")
-    (grad,) = torch.autograd.grad(loss, logits)
-    return grad
-
-
-@_one_thread
+@one_thread
 def _ce_ref_grad(logits, targets):
     logits = logits.double().clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(_ref_ce(logits, targets), logits)
@@ -238,14 +102,14 @@ def _ce_cases(hidden: bool):
                   ("T=1, V=2", _ce_inputs(hidden_seed("ch07.cross_entropy", 6), (5, 1, 2), scale=10.0))]
     for name, (logits, targets) in specs:
         yield Case(name, (logits, targets), expected=lambda l=logits, t=targets: _ref_ce(l, t),
-                   compare=lambda e, g: compare_tensors(e, g, atol=1e-4, rtol=1e-5))
+                   compare=close_tensors(atol=1e-4, rtol=1e-5))
     grad_specs = [("gradient with respect to the logits (B=2, T=5, V=7)", _ce_inputs(7, (2, 5, 7), scale=2.0))]
     if hidden:
         grad_specs += [("gradient with huge logits",
                         _ce_inputs(hidden_seed("ch07.cross_entropy", 8), (2, 3, 4), scale=500.0))]
     for name, (logits, targets) in grad_specs:
-        yield Case(name, (logits, targets), run=_ce_grad_run, expected=lambda l=logits, t=targets: _ce_ref_grad(l, t),
-                   compare=lambda e, g: compare_tensors(e, g, atol=1e-6, rtol=1e-4))
+        yield Case(name, (logits, targets), run=ce_grad_run, expected=lambda l=logits, t=targets: _ce_ref_grad(l, t),
+                   compare=close_tensors(atol=1e-6, rtol=1e-4))
 
 
 def _ce_naive(logits, targets):
@@ -287,76 +151,15 @@ register(Exercise(
 
 
 # -- AdamW --------------------------------------------------------------------------------
-def _adamw_setup(spec):
-    g = torch.Generator().manual_seed(spec["seed"])
-    dtype = spec.get("dtype", torch.float64)
-    shapes = spec["shapes"]
-    params = [torch.randn(s, generator=g, dtype=dtype).requires_grad_(True) for s in shapes]
-    for i in spec.get("frozen", ()):
-        params[i].requires_grad_(False)
-    # Gradients of mixed scales, like a real network's (some tiny, some large).
-    scales = [10.0 ** (i % 3 - 1) for i in range(len(shapes))]
-    grads = [[torch.randn(s, generator=g, dtype=dtype) * scales[i] for i, s in enumerate(shapes)]
-             for _ in range(spec["steps"])]
-    if "groups" in spec:
-        groups = [{"params": [params[i] for i in idx], **extra} for idx, extra in spec["groups"]]
-    else:
-        groups = params
-    return params, groups, grads
 
 
-@_one_thread
-def _adamw_run(cls, spec):
-    params, groups, grads = _adamw_setup(spec)
-    kw = spec["kw"]
-    opt = cls(groups, **kw)
-    base_lrs = [group["lr"] for group in opt.param_groups] if spec.get("schedule") else None
-    for t in range(spec["steps"]):
-        for i, p in enumerate(params):
-            if i in spec.get("frozen", ()) or (i in spec.get("intermittent", ()) and t % 3 == 1):
-                p.grad = None
-            else:
-                p.grad = grads[t][i].clone()
-        if base_lrs is not None:  # what a scheduler does between steps
-            for group, base in zip(opt.param_groups, base_lrs):
-                group["lr"] = base * (0.2 + 0.8 * math.cos(math.pi * t / (2 * spec["steps"])))
-        _step(opt)
-    return [p.detach().clone() for p in params]
-
-
-def _step(opt):
-    """``opt.step()`` without the profiling wrapper torch.optim.Optimizer puts around every
-    subclass's step: that wrapper's code is shared by all optimizers, including the forbidden
-    ones, so the forbidden-call guard would mistake it for a call to torch's AdamW."""
-    step = type(opt).step
-    if getattr(step, "hooked", False) and hasattr(step, "__wrapped__"):
-        return step.__wrapped__(opt)
-    return opt.step()
-
-
-@_one_thread
+@one_thread
 def _adamw_expected(spec):
-    return _adamw_run(lambda groups, **kw: torch.optim.AdamW(groups, foreach=False, **kw), spec)
-
-
-def _compare_params(spec):
-    tol = dict(atol=1e-9, rtol=1e-7) if spec.get("dtype", torch.float64) == torch.float64 else dict(atol=2e-5, rtol=1e-4)
-
-    def compare(expected, got):
-        if not isinstance(got, list) or len(got) != len(expected):
-            return f"could not read the parameters after your steps: {got!r}"
-        for i, (e, g) in enumerate(zip(expected, got)):
-            problem = compare_tensors(e, g, **tol)
-            if problem:
-                what = " (the frozen one: requires_grad=False, grad None)" if i in spec.get("frozen", ()) else (
-                    " (it gets no gradient every third step)" if i in spec.get("intermittent", ()) else "")
-                return f"parameter {i}{what} after {spec['steps']} steps: {problem}"
-        return None
-    return compare
+    return adamw_run(lambda groups, **kw: torch.optim.AdamW(groups, foreach=False, **kw), spec)
 
 
 def _adamw_cases(hidden: bool):
-    _warm_up_optimizers()
+    warm_up_optimizers()
     kw = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
     specs = [
         ("one 4x3 matrix, 20 steps, weight decay 0.1", dict(seed=0, shapes=[(4, 3)], steps=20, kw=kw)),
@@ -380,8 +183,8 @@ def _adamw_cases(hidden: bool):
             ("default hyperparameters", dict(seed=hidden_seed("ch07.AdamW", 7), shapes=[(2, 5)], steps=10, kw={})),
         ]
     for name, spec in specs:
-        yield Case(name, (spec,), run=_adamw_run, expected=lambda s=spec: _adamw_expected(s),
-                   compare=_compare_params(spec))
+        yield Case(name, (spec,), run=adamw_run, expected=lambda s=spec: _adamw_expected(s),
+                   compare=functools.partial(compare_params, spec=spec))
 
 
 def _adam_variant(l2=False, bias_correction=True, decay_lr=True, decay_frozen=False, global_step=False,
@@ -445,20 +248,9 @@ register(Exercise(
 
 
 # -- lr_at --------------------------------------------------------------------------------
-@_one_thread
-def _lr_run(fn, max_lr, min_lr, warmup, total, extra):
-    lrs = []
-    for step in range(total + extra + 1):
-        lr = fn(step, max_lr, min_lr, warmup, total)
-        if isinstance(lr, torch.Tensor) and lr.numel() == 1:
-            lr = lr.item()
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)):
-            raise TypeError(f"lr_at({step}, ...) returned {lr!r}; return a float")
-        lrs.append(float(lr))
-    return torch.tensor(lrs, dtype=torch.float64)
 
 
-@_one_thread
+@one_thread
 def _lr_expected(max_lr, min_lr, warmup, total, extra):
     """The warm-up as a linspace from 0 to max_lr; the decay read back, step by step, from
     torch's CosineAnnealingLR (eta_min = min_lr over total - warmup steps); then min_lr."""
@@ -475,7 +267,7 @@ def _lr_expected(max_lr, min_lr, warmup, total, extra):
 
 
 def _lr_cases(hidden: bool):
-    _warm_up_optimizers()
+    warm_up_optimizers()
     specs = [("max 1e-3, min 1e-4, warmup 10, total 100 (and 20 steps beyond)", 1e-3, 1e-4, 10, 100, 20),
              ("nanoGPT-like: max 1e-3, min 1e-4, warmup 100, total 2000", 1e-3, 1e-4, 100, 2000, 5),
              ("no warm-up (warmup = 0)", 1e-2, 0.0, 0, 50, 5),
@@ -484,19 +276,8 @@ def _lr_cases(hidden: bool):
         specs += [("min_lr = max_lr: flat after the warm-up", 3e-4, 3e-4, 5, 40, 5),
                   ("max 1, min 0.1, warmup 7, total 23", 1.0, 0.1, 7, 23, 10)]
     for name, *args in specs:
-        yield Case(name, tuple(args), run=_lr_run, expected=lambda a=tuple(args): _lr_expected(*a),
-                   compare=_compare_lrs)
-
-
-def _compare_lrs(expected, got):
-    if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
-        return f"could not read your schedule: {got!r}"
-    bad = (got - expected).abs() > 1e-12 + 1e-9 * expected.abs()
-    if not bool(bad.any()):
-        return None
-    step = int(torch.nonzero(bad)[0])
-    return (f"lr_at({step}, ...) = {float(got[step]):.6g}, expected {float(expected[step]):.6g} "
-            f"({int(bad.sum())} of {len(bad)} steps differ)")
+        yield Case(name, tuple(args), run=lr_run, expected=lambda a=tuple(args): _lr_expected(*a),
+                   compare=compare_lrs)
 
 
 def _schedule(warm, decay_progress=None, floor=True, min_in_cosine=True):
@@ -540,53 +321,13 @@ register(Exercise(
 
 
 # -- clip_grad_norm -----------------------------------------------------------------------
-def _clip_setup(spec):
-    g = torch.Generator().manual_seed(spec["seed"])
-    params = []
-    for i, shape in enumerate(spec["shapes"]):
-        p = torch.randn(shape, generator=g).requires_grad_(True)
-        if i not in spec.get("no_grad", ()):
-            p.grad = torch.randn(shape, generator=g) * spec["scale"] * (1 + i)
-        params.append(p)
-    return params
 
 
-@_one_thread
-def _clip_run(fn, spec):
-    params = _clip_setup(spec)
-    arg = (p for p in params) if spec.get("generator") else params
-    norm = fn(arg, spec["max_norm"])
-    if isinstance(norm, torch.Tensor):
-        if norm.numel() != 1:
-            raise TypeError(f"return the total norm (one number), not a tensor of shape {tuple(norm.shape)}")
-        norm = norm.item()
-    if isinstance(norm, bool) or not isinstance(norm, (int, float)):
-        raise TypeError(f"return the total norm as a 0-dim tensor (or a float), not {norm!r}")
-    return float(norm), [None if p.grad is None else p.grad.clone() for p in params]
-
-
-@_one_thread
+@one_thread
 def _clip_expected(spec):
-    params = _clip_setup(spec)
+    params = clip_setup(spec)
     norm = torch.nn.utils.clip_grad_norm_(params, spec["max_norm"], foreach=False)
     return float(norm), [None if p.grad is None else p.grad.clone() for p in params]
-
-
-def _compare_clip(expected, got):
-    e_norm, e_grads = expected
-    g_norm, g_grads = got
-    problem = compare_float(e_norm, g_norm, atol=1e-5, rtol=1e-5)
-    if problem:
-        return f"the returned norm: {problem} (the global norm of all gradients, before clipping)"
-    for i, (e, g) in enumerate(zip(e_grads, g_grads)):
-        if e is None:
-            if g is not None:
-                return f"parameter {i} had no gradient and should still have none"
-            continue
-        problem = compare_tensors(e, g, atol=1e-6, rtol=1e-5)
-        if problem:
-            return f"gradient {i} after clipping: {problem}"
-    return None
 
 
 def _clip_cases(hidden: bool):
@@ -601,7 +342,7 @@ def _clip_cases(hidden: bool):
                   ("no gradients at all: norm 0",
                    dict(seed=hidden_seed(ex, 5), shapes=[(3,), (2,)], no_grad=[0, 1], scale=1.0, max_norm=1.0))]
     for name, spec in specs:
-        yield Case(name, (spec,), run=_clip_run, expected=lambda s=spec: _clip_expected(s), compare=_compare_clip)
+        yield Case(name, (spec,), run=clip_run, expected=lambda s=spec: _clip_expected(s), compare=compare_clip)
 
 
 def _clip_mistake(kind):
@@ -659,124 +400,26 @@ register(Exercise(
 
 
 # -- save_checkpoint / load_checkpoint ----------------------------------------------------
-VOCAB, CTX, BATCH = 11, 6, 4
 
 
-class _TinyLM(torch.nn.Module):
-    """A tiny language model with dropout, so resuming also depends on the global RNG."""
-
-    def __init__(self):
-        super().__init__()
-        self.emb = torch.nn.Embedding(VOCAB, 16)
-        self.drop = torch.nn.Dropout(0.3)
-        self.out = torch.nn.Linear(16, VOCAB)
-
-    def forward(self, idx):
-        return self.out(self.drop(torch.tanh(self.emb(idx))))
-
-
-def _fresh(seed):
-    torch.manual_seed(seed)
-    model = _TinyLM()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1, foreach=False)
-    return model, opt, torch.Generator().manual_seed(seed + 1)
-
-
-def _run_steps(model, opt, gen, start, stop, total):
-    data = torch.arange(200) * 7 % VOCAB
-    for step in range(start, stop):
-        for group in opt.param_groups:  # the schedule is a function of the step alone
-            group["lr"] = 1e-2 * min(1.0, (step + 1) / 3) * (0.55 + 0.45 * math.cos(math.pi * step / total))
-        ix = torch.randint(len(data) - CTX, (BATCH,), generator=gen)
-        x = data[ix[:, None] + torch.arange(CTX)]
-        y = data[ix[:, None] + torch.arange(1, CTX + 1)]
-        loss = F.cross_entropy(model(x).reshape(-1, VOCAB), y.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-
-@_one_thread
+@one_thread
 def _straight(seed, total):
-    model, opt, gen = _fresh(seed)
-    _run_steps(model, opt, gen, 0, total, total)
+    model, opt, gen = fresh(seed)
+    run_steps(model, opt, gen, 0, total, total)
     return [p.detach().clone() for p in model.parameters()]
-
-
-def _grader_save(path, model, opt, step, gen):
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                "torch_rng": torch.get_rng_state(), "generator": gen.get_state()}, path)
-
-
-def _grader_load(path, model, opt, gen):
-    """Read a learner's checkpoint in the documented format (what is missing stays fresh)."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"save_checkpoint wrote no file at the path it was given ({path})")
-    try:
-        state = torch.load(path, weights_only=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError("torch.load(path, weights_only=True) cannot read your checkpoint: save only tensors, "
-                         f"numbers, strings, lists and dicts (state_dict(), get_state()), not objects ({first})") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"the checkpoint should be one dict, got {type(state).__name__}")
-    for key, kind in (("torch_rng", "torch.get_rng_state()"), ("generator", "generator.get_state()")):
-        if key in state and not (isinstance(state[key], torch.Tensor) and state[key].dtype == torch.uint8):
-            raise ValueError(f"checkpoint[{key!r}] should be {kind} (a uint8 tensor), got {type(state[key]).__name__}")
-    if "model" in state:
-        model.load_state_dict(state["model"])
-    if "optimizer" in state:
-        opt.load_state_dict(state["optimizer"])
-    if "torch_rng" in state:
-        torch.set_rng_state(state["torch_rng"])
-    if "generator" in state:
-        gen.set_state(state["generator"])
-    return int(state.get("step", 0))
-
-
-@_one_thread
-def _resume_run(save, load, seed, total, at):
-    """Train `at` steps, save, rebuild everything from other seeds, load, train to `total`."""
-    model, opt, gen = _fresh(seed)
-    _run_steps(model, opt, gen, 0, at, total)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "ckpt.pt")
-        save(path, model, opt, at, gen)
-        del model, opt, gen
-        model, opt, gen = _fresh(seed + 1000)  # different init, empty optimizer, other generator, other RNG
-        step = load(path, model, opt, gen)
-    if isinstance(step, torch.Tensor) and step.numel() == 1:
-        step = step.item()
-    if isinstance(step, bool) or not isinstance(step, int):
-        raise TypeError(f"load_checkpoint should return the saved step as an int, got {step!r}")
-    _run_steps(model, opt, gen, step, total, total)
-    return [p.detach().clone() for p in model.parameters()]
-
-
-def _compare_resumed(expected, got):
-    if not isinstance(got, list) or len(got) != len(expected):
-        return f"could not read the resumed model: {got!r}"
-    diffs = [float((e - g).abs().max()) if e.shape == g.shape else float("inf") for e, g in zip(expected, got)]
-    if all(torch.equal(e, g) for e, g in zip(expected, got)):
-        return None
-    return (f"the resumed run ended with different parameters than an uninterrupted run (max abs difference "
-            f"{max(diffs):.3g}); resuming must be bit-exact: something training depends on was not saved or not restored")
 
 
 def _ckpt_cases(role):
     def cases(hidden: bool):
-        _warm_up_optimizers()
+        warm_up_optimizers()
         specs = [("checkpoint at step 6 of 12", 0, 12, 6), ("checkpoint at step 0 (nothing trained yet)", 1, 8, 0),
                  ("checkpoint at step 9 of 10", 2, 10, 9)]
         if hidden:
             specs += [("checkpoint at step 13 of 25", hidden_seed(f"ch07.{role}_checkpoint", 3), 25, 13)]
         for name, seed, total, at in specs:
-            if role == "save":
-                run = lambda fn, s, t, a: _resume_run(fn, _grader_load, s, t, a)  # noqa: E731
-            else:
-                run = lambda fn, s, t, a: _resume_run(_grader_save, fn, s, t, a)  # noqa: E731
+            run = save_checkpoint_run if role == "save" else load_checkpoint_run
             yield Case(name, (seed, total, at), run=run, expected=lambda s=seed, t=total: _straight(s, t),
-                       compare=_compare_resumed)
+                       compare=compare_resumed)
     return cases
 
 

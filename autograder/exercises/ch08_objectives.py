@@ -18,15 +18,12 @@ import math
 
 import torch
 
-from ..core import Case, Exercise, Mistake, compare_tensors, hidden_seed, register
+from ..core import Case, Exercise, Mistake, close_tensors, hidden_seed, register
+from ..drivers.ch08_objectives import IGNORE, compare_mask, compare_span, mask_run, mask_stats, span_run, t5_counts
+from ..drivers.ch08_objectives import gen as _gen
 
 CH = "ch08"
 SOL = "solutions.ch08_objectives"
-IGNORE = -100
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _silence_transformers():
@@ -75,49 +72,6 @@ def _batch(seed: int, rows: int, max_len: int):
     return enc["input_ids"], enc["special_tokens_mask"]
 
 
-def _mask_stats(original: torch.Tensor, special: torch.Tensor, inputs, labels, mask_id: int, vocab: int) -> dict:
-    """What a masking result looks like: rule violations (counts) and rates."""
-    if not (isinstance(inputs, torch.Tensor) and isinstance(labels, torch.Tensor)):
-        raise TypeError(f"return a tuple (inputs, labels) of two tensors, got {type(inputs).__name__} and "
-                        f"{type(labels).__name__}")
-    for name, t in (("inputs", inputs), ("labels", labels)):
-        if tuple(t.shape) != tuple(original.shape):
-            raise TypeError(f"{name} has shape {tuple(t.shape)}, expected {tuple(original.shape)} (the shape of input_ids)")
-        if t.dtype != torch.int64:
-            raise TypeError(f"{name} has dtype {t.dtype}, expected torch.int64")
-    special = special.bool()
-    selected = labels != IGNORE
-    eligible = ~special
-    n_sel = int((selected & eligible).sum())
-    changed = inputs != original
-    masked = selected & (inputs == mask_id)
-    random_ = selected & changed & (inputs != mask_id)
-    same = selected & ~changed
-    rand_ids = inputs[random_].double()
-    return {
-        "special_selected": int((selected & special).sum()),
-        "label_not_original": int((selected & (labels != original)).sum()),
-        "label_is_mask": int((selected & (labels == mask_id) & (original != mask_id)).sum()),
-        "unselected_changed": int((~selected & changed).sum()),
-        "out_of_vocab": int(((inputs < 0) | (inputs >= vocab)).sum()),
-        "select_rate": n_sel / max(1, int(eligible.sum())),
-        "mask_frac": int(masked.sum()) / max(1, n_sel),
-        "random_frac": int(random_.sum()) / max(1, n_sel),
-        "same_frac": int(same.sum()) / max(1, n_sel),
-        "random_mean": float(rand_ids.mean() / vocab) if rand_ids.numel() else 0.5,
-        "n_selected": n_sel,
-        "n_eligible": int(eligible.sum()),
-    }
-
-
-def _mask_run(fn, input_ids, special_mask, special_ids, mask_id, vocab, p, seed):
-    torch.manual_seed(seed)
-    out = fn(input_ids, special_ids, mask_id, vocab, p, _gen(seed))
-    if not isinstance(out, (tuple, list)) or len(out) != 2:
-        raise TypeError(f"return a tuple (inputs, labels), got {type(out).__name__}")
-    return _mask_stats(input_ids, special_mask, out[0], out[1], mask_id, vocab)
-
-
 def _collator_stats(input_ids, special_mask, mask_id, vocab, p, seed):
     from transformers import DataCollatorForLanguageModeling
 
@@ -128,47 +82,7 @@ def _collator_stats(input_ids, special_mask, mask_id, vocab, p, seed):
     # statistics depend on the seed alone, never on what ran before in the process.
     collator.generator = torch.Generator().manual_seed(seed)
     inputs, labels = collator.torch_mask_tokens(input_ids.clone(), special_mask.clone())
-    return _mask_stats(input_ids, special_mask, inputs, labels, mask_id, vocab)
-
-
-_RULES = [
-    ("special_selected", "{n} special or padding positions were selected (their label is not -100): special tokens "
-                         "([CLS], [SEP], [PAD], ...) must never be selected"),
-    ("label_is_mask", "{n} labels hold the [MASK] id: the label of a selected position is the ORIGINAL token"),
-    ("label_not_original", "{n} selected positions have a label that is not the original token"),
-    ("unselected_changed", "{n} positions whose label is -100 were changed in the inputs: only selected positions "
-                           "may be corrupted"),
-    ("out_of_vocab", "{n} input ids are outside [0, vocab_size)"),
-]
-
-
-def _compare_mask(expected: dict, got: dict) -> str | None:
-    if not isinstance(got, dict):
-        return f"could not read your result: {got!r}"
-    for key, msg in _RULES:
-        if (got[key] > 0) != (expected[key] > 0):
-            return msg.format(n=got[key]) if got[key] else f"expected some {key} positions, found none"
-    n = max(100, min(expected["n_selected"], got["n_selected"]) or 100)
-    # Tolerances: about 4.5 standard deviations of the difference of two independent samples.
-    q = expected["select_rate"]
-    n_elig = max(1, min(expected.get("n_eligible", 1), got.get("n_eligible", 1)))
-    tol_sel = 4.5 * math.sqrt(2 * q * (1 - q) / n_elig) + 0.005 if q not in (0.0, 1.0) else 1e-9
-    if abs(got["select_rate"] - expected["select_rate"]) > tol_sel:
-        return (f"you selected {got['select_rate']:.1%} of the non-special positions; DataCollatorForLanguageModeling "
-                f"selects {expected['select_rate']:.1%} (each with probability mlm_probability)")
-    if got["n_selected"] == 0 and expected["n_selected"] == 0:
-        return None
-    for key, what, share in (("mask_frac", "became [MASK]", "80%"), ("random_frac", "became a random token", "10%"),
-                             ("same_frac", "stayed unchanged", "10%")):
-        p = min(max(expected[key], 0.05), 0.95)
-        tol = 4.5 * math.sqrt(2 * p * (1 - p) / n) + 0.005  # 4.5 standard deviations of a difference of two samples
-        if abs(got[key] - expected[key]) > tol:
-            return (f"{got[key]:.1%} of your selected positions {what}; expected about {share} "
-                    f"(the collator: {expected[key]:.1%})")
-    if expected["random_frac"] > 0 and got["random_frac"] > 0 and abs(got["random_mean"] - expected["random_mean"]) > 0.2:
-        return (f"your random replacements are not spread over the vocabulary (mean id / vocab_size = "
-                f"{got['random_mean']:.2f}, expected about 0.5): draw them from range(vocab_size)")
-    return None
+    return mask_stats(input_ids, special_mask, inputs, labels, mask_id, vocab)
 
 
 _SPECIAL_IDS = [0, 100, 101, 102, 103]  # [PAD] [UNK] [CLS] [SEP] [MASK] of the BERT vocabulary
@@ -185,9 +99,9 @@ def _mask_cases(hidden: bool):
         specs += [("1024 rows, p=0.15, another seed", hidden_seed("ch08.mask_tokens", 5), 1024, 32, 0.15)]
     for name, seed, rows, max_len, p in specs:
         ids, special = _batch(seed, rows, max_len)
-        yield Case(name, (ids, special, _SPECIAL_IDS, _MASK_ID, _VOCAB, p, seed), run=_mask_run,
+        yield Case(name, (ids, special, _SPECIAL_IDS, _MASK_ID, _VOCAB, p, seed), run=mask_run,
                    expected=lambda ids=ids, s=special, p=p, seed=seed: _collator_stats(ids, s, _MASK_ID, _VOCAB, p, seed + 1000),
-                   compare=_compare_mask)
+                   compare=compare_mask)
 
 
 def _mistake_mask(mask_share=0.8, random_share=0.1, skip_special=True, labels_everywhere=False, label_mask=False):
@@ -277,7 +191,7 @@ def _mlm_cases(hidden: bool):
     for name, *spec in specs:
         logits, labels, loss = _mlm_case(*spec)
         yield Case(name, (logits, labels), expected=lambda loss=loss: loss,
-                   compare=lambda e, g: compare_tensors(e, g, atol=1e-4, rtol=1e-4))
+                   compare=close_tensors(atol=1e-4, rtol=1e-4))
 
 
 def _ce_rows(logits, labels):
@@ -322,16 +236,11 @@ register(Exercise(
 # ========================================================================================
 # span_corruption
 # ========================================================================================
-def _t5_counts(n: int, density: float, mean_len: float) -> tuple[int, int]:
-    """T5's random_spans_noise_mask: how many noise tokens and spans for a sequence of n."""
-    n_noise = min(max(int(round(n * density)), 1), n - 1)
-    n_spans = max(int(round(n_noise / mean_len)), 1)
-    return n_noise, min(n_spans, n_noise, n - n_noise)
 
 
 def _t5_noise_mask(n: int, density: float, mean_len: float, g: torch.Generator) -> list[bool]:
     """The mask T5's code draws: shuffled segment starts, interleaved kept/noise runs."""
-    n_noise, n_spans = _t5_counts(n, density, mean_len)
+    n_noise, n_spans = t5_counts(n, density, mean_len)
 
     def segment_lengths(items, segments):
         # T5's _random_segmentation: shuffle (segments - 1) ones among (items - 1) slots.
@@ -349,108 +258,6 @@ def _t5_noise_mask(n: int, density: float, mean_len: float, g: torch.Generator) 
     return mask
 
 
-def _analyse_call(tokens, sentinels, inputs, targets, n_noise_want, n_spans_want):
-    """Check one call against T5's rules; return (problem or None, noise mask, span lengths)."""
-    if not (isinstance(inputs, (list, tuple)) and isinstance(targets, (list, tuple))):
-        return ("types", "return two lists of ints (inputs, targets)"), None, None
-    if any(isinstance(t, torch.Tensor) for t in list(inputs) + list(targets)):
-        inputs, targets = [int(t) for t in inputs], [int(t) for t in targets]
-    sset = set(sentinels)
-    in_s = [t for t in inputs if t in sset]
-    tg_s = [t for t in targets if t in sset]
-    k = len(in_s)
-    if k == 0:
-        return ("no-sentinel", "your inputs contain no sentinel: each hidden span is replaced by one sentinel id"), None, None
-    if in_s != list(sentinels[:k]):
-        return ("sentinel-order", f"the sentinels in your inputs are {in_s[:6]}...; the spans must use sentinel_ids[0], "
-                "sentinel_ids[1], ... in order, each once"), None, None
-    if tg_s[:k] != list(sentinels[:k]) or (targets and targets[0] != sentinels[0]):
-        return ("targets-start", f"your targets should start with sentinel_ids[0] and list the same sentinels as "
-                f"the inputs, in order; got sentinels {tg_s[:6]} in the targets"), None, None
-    if len(tg_s) == k:
-        return ("no-final-sentinel", "your targets do not end with the closing sentinel sentinel_ids[n_spans]"), None, None
-    if tg_s != list(sentinels[:k + 1]) or targets[-1] != sentinels[k]:
-        return ("final-sentinel-id", f"your targets must end with exactly one extra sentinel, sentinel_ids[{k}]"), None, None
-    # Rebuild the original: each sentinel in the inputs expands to what follows it in the targets.
-    pieces, cur = {}, None
-    for t in targets[:-1]:
-        if t in sset:
-            cur = t
-            pieces[cur] = []
-        else:
-            pieces[cur].append(t)
-    rebuilt, mask, spans = [], [], []
-    for t in inputs:
-        if t in sset:
-            rebuilt += pieces[t]
-            mask += [True] * len(pieces[t])
-            spans.append(len(pieces[t]))
-        else:
-            rebuilt.append(t)
-            mask.append(False)
-    if rebuilt != list(tokens):
-        return ("reconstruct", "filling each sentinel of the inputs with the tokens that follow it in the targets does "
-                "not give back the original sequence"), None, None
-    if any(s == 0 for s in spans):
-        return ("empty-span", "a sentinel in your targets is followed by no token: every span hides at least one"), None, None
-    if any(a in sset and b in sset for a, b in zip(inputs, inputs[1:])):
-        return ("adjacent", "two sentinels are adjacent in your inputs: two spans that touch are one span"), None, None
-    # T5's layout on every call, not only in the statistics: kept, noise, kept, ..., noise.
-    if mask and mask[0]:
-        return ("opens-with-span", "a span opens the sequence (its first token is hidden): T5's layout starts with "
-                "a kept run, so the first token is never hidden"), None, None
-    if mask and not mask[-1]:
-        return ("ends-kept", "the sequence ends with kept tokens: T5's layout ends with a noise span, so the last "
-                "token is always hidden"), None, None
-    return None, mask, spans
-
-
-def _span_run(fn, tokens, sentinels, density, mean_len, calls, first_seed=0):
-    """Call the submission ``calls`` times; the analysis happens in the comparison, outside the call."""
-    outputs = []
-    torch.manual_seed(first_seed)  # for a submission that ignores the generator
-    for c in range(calls):
-        out = fn(list(tokens), list(sentinels), density, mean_len, _gen(first_seed + c))
-        if not isinstance(out, (tuple, list)) or len(out) != 2:
-            raise TypeError(f"return a tuple (inputs, targets), got {type(out).__name__}")
-        outputs.append((out[0], out[1]))
-    return {"tokens": list(tokens), "sentinels": list(sentinels), "density": density, "mean_len": mean_len,
-            "outputs": outputs}
-
-
-def _span_summary(run: dict) -> dict:
-    tokens, sentinels, density, mean_len = run["tokens"], run["sentinels"], run["density"], run["mean_len"]
-    n_noise, n_spans = _t5_counts(len(tokens), density, mean_len)
-    summary = {"problem": None, "problem_text": "", "noise_ok": True, "spans_ok": True, "example": "",
-               "varies": False, "lengths_vary": False, "thirds": (0.0, 0.0, 0.0)}
-    seen, lengths = set(), set()
-    thirds = [0.0, 0.0, 0.0]
-    n = len(tokens)
-    cut = (n // 3, 2 * n // 3)
-    for c, (inputs, targets) in enumerate(run["outputs"]):
-        problem, mask, spans = _analyse_call(tokens, sentinels, inputs, targets, n_noise, n_spans)
-        if problem is not None:
-            summary["problem"], summary["problem_text"] = problem
-            return summary
-        got_noise = sum(mask)
-        if got_noise != n_noise and summary["noise_ok"]:
-            summary["noise_ok"] = False
-            summary["example"] = f"call {c} hid {got_noise} tokens of {n}, the rule gives {n_noise}"
-        if len(spans) != n_spans and summary["spans_ok"]:
-            summary["spans_ok"] = False
-            summary["example"] = summary["example"] or f"call {c} made {len(spans)} spans, the rule gives {n_spans}"
-        seen.add(tuple(mask))
-        lengths.update(spans)
-        for j, (a, b) in enumerate(((0, cut[0]), cut, (cut[1], n))):
-            if b > a:
-                thirds[j] += sum(mask[a:b]) / (b - a)
-    calls = max(1, len(run["outputs"]))
-    summary["varies"] = len(seen) > 1
-    summary["lengths_vary"] = len(lengths) > 1
-    summary["thirds"] = tuple(t / calls for t in thirds)
-    return summary
-
-
 @functools.lru_cache(maxsize=None)
 def _span_expected(tokens: tuple, sentinels: tuple, density, mean_len, calls, first_seed=0):
     """The same calls made with T5's own sampler, written here from its noise mask."""
@@ -464,36 +271,7 @@ def _span_expected(tokens: tuple, sentinels: tuple, density, mean_len, calls, fi
                 k += 1
             (targets if m else inputs).append(t)
         return inputs, targets + [sentinels[k]]
-    return _span_run(t5, list(tokens), list(sentinels), density, mean_len, calls, first_seed)
-
-
-def _compare_span(expected_run: dict, got_run: dict) -> str | None:
-    if not isinstance(got_run, dict):
-        return f"could not read your result: {got_run!r}"
-    expected, got = _span_summary(expected_run), _span_summary(got_run)
-    if got["problem"] != expected["problem"]:
-        return got["problem_text"] or f"expected: {expected['problem_text']}"
-    if got["problem"] is not None:
-        return None
-    if got["noise_ok"] != expected["noise_ok"]:
-        return ("the number of hidden tokens must be round(len(tokens) * noise_density) (at least 1, at most len - 1) "
-                f"on every call: {got['example']}")
-    if got["spans_ok"] != expected["spans_ok"]:
-        return f"the number of spans must be max(1, round(n_noise / mean_span_length)): {got['example']}"
-    layout = ("T5 cuts the sequence into runs that alternate kept, noise, kept, noise, ..., starting with a kept run "
-              "and ending with a noise run, every run of random positive length")
-    if got["varies"] != expected["varies"]:
-        if expected["varies"]:
-            return "every call returned the same corruption: place the spans at random, using the generator"
-        return f"with a single span the layout is fixed (one kept run, then the noise span at the end): {layout}"
-    if got["lengths_vary"] != expected["lengths_vary"]:
-        return "all your spans have the same length: T5 splits the noise tokens into spans of RANDOM lengths"
-    for i, (a, b) in enumerate(zip(expected["thirds"], got["thirds"])):
-        if abs(a - b) > 0.5 * max(a, 0.05):
-            part = ("first", "middle", "last")[i]
-            return (f"over many calls, {b:.1%} of the {part} third of the sequence was hidden, T5's sampler hides "
-                    f"{a:.1%} there. {layout}")
-    return None
+    return span_run(t5, list(tokens), list(sentinels), density, mean_len, calls, first_seed)
 
 
 def _span_cases(hidden: bool):
@@ -509,16 +287,16 @@ def _span_cases(hidden: bool):
                    (hidden_seed("ch08.span_corruption", 5),))]
     for name, n, density, mean_len, calls, seed in specs:
         tokens = list(range(1, n + 1))
-        yield Case(name, (tokens, sentinels, density, mean_len, calls, *seed), run=_span_run,
+        yield Case(name, (tokens, sentinels, density, mean_len, calls, *seed), run=span_run,
                    expected=lambda t=tokens, d=density, m=mean_len, c=calls, s=seed: _span_expected(
                        tuple(t), tuple(sentinels), d, m, c, *s),
-                   compare=_compare_span)
+                   compare=compare_span)
 
 
 def _span_mistake(kind):
     def fn(tokens, sentinel_ids, noise_density=0.15, mean_span_length=3.0, generator=None):
         n = len(tokens)
-        n_noise, n_spans = _t5_counts(n, noise_density, mean_span_length)
+        n_noise, n_spans = t5_counts(n, noise_density, mean_span_length)
         if kind == "iid":
             mask = (torch.rand(n, generator=generator) < noise_density).tolist()
         elif kind == "fixed":
@@ -602,7 +380,7 @@ def _shift_cases(hidden: bool):
     for name, labels, start, pad in specs:
         yield Case(name, (labels, start, pad),
                    expected=lambda l=labels, s=start, p=pad: _tiny_t5(0, start=s, pad=p)._shift_right(l.clone()),
-                   compare=lambda e, got: compare_tensors(e, got, atol=0, rtol=0, check_dtype=True))
+                   compare=close_tensors(atol=0, rtol=0, check_dtype=True))
 
 
 def _shift_mistake(kind):
@@ -670,7 +448,7 @@ def _bucket_cases(hidden: bool):
             from transformers.models.t5.modeling_t5 import T5Attention
             return T5Attention._relative_position_bucket(rel.clone(), bidirectional=bi, num_buckets=nb, max_distance=md)
         yield Case(name, (rel, bi, nb, md), expected=expected,
-                   compare=lambda e, g: compare_tensors(e, g, atol=0, rtol=0))
+                   compare=close_tensors(atol=0, rtol=0))
 
 
 register(Exercise(
@@ -710,7 +488,7 @@ def _bias_cases(hidden: bool):
         table = attn.relative_attention_bias.weight.detach().clone()
         yield Case(name, (q, k, table, bi, nb, md),
                    expected=lambda a=attn, q=q, k=k: a.compute_bias(q, k).detach(),
-                   compare=lambda e, g: compare_tensors(e, g, atol=1e-6, rtol=1e-6))
+                   compare=close_tensors(atol=1e-6, rtol=1e-6))
 
 
 def _bias_variant(q, k, table, bi, nb, md, flip=False, layout="hqk", wrong_dir=False):
@@ -778,7 +556,7 @@ def _cross_cases(hidden: bool):
     for name, *spec in specs:
         x, memory, mask, (wq, wk, wv, wo), h, out = _cross_case(*spec)
         yield Case(name, (x, memory, mask, wq, wk, wv, wo, h), expected=lambda out=out: out,
-                   compare=lambda e, g: compare_tensors(e, g, atol=1e-5, rtol=1e-4))
+                   compare=close_tensors(atol=1e-5, rtol=1e-4))
 
 
 def _cross_variant(x, memory, memory_mask, w_q, w_k, w_v, w_o, n_heads, scaled=False, use_mask=True, causal=False,

@@ -17,36 +17,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core import Case, Exercise, Mistake, compare_tensors, hidden_seed, register
+from ..core import Case, Exercise, Mistake, close_tensors, hidden_seed, register
+from ..drivers.ch09_finetuning import (Branchy, add_lora_run, compare_add_lora, compare_dropout, compare_lora,
+                                       dropout_run, head_run, lora_forward, lora_run, lora_setup, lora_values)
+from ..drivers.ch09_finetuning import gen as _gen
+from ..drivers.ch09_finetuning import silence as _silence
 
 CH = "ch09"
 SOL = "solutions.ch09_finetuning"
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _silence():
-    import logging as _logging
-
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-    _logging.getLogger("peft").setLevel(_logging.ERROR)
-
-
-class ContractError(Exception):
-    """The learner's module does not have the attributes the docstring names."""
-
-
-def _param(module, name, shape=None):
-    value = getattr(module, name, None)
-    if not isinstance(value, torch.Tensor):
-        raise ContractError(f"your module has no tensor attribute {name!r}: name it as the docstring says")
-    if shape is not None and tuple(value.shape) != tuple(shape):
-        raise ContractError(f"{name} has shape {tuple(value.shape)}, expected {tuple(shape)}")
-    return value
 
 
 # ========================================================================================
@@ -66,51 +44,12 @@ def _head_inputs(seed, B, T, d, C):
     return hidden, mask, weight, bias
 
 
-def _head_run(cls, d, C, hidden, mask, weight, bias):
-    head = cls(d, C, 0.1)
-    if not isinstance(head, nn.Module):
-        raise ContractError("ClassifierHead must be an nn.Module (call super().__init__() first)")
-    lin = getattr(head, "classifier", None)
-    if not isinstance(lin, nn.Linear):
-        raise ContractError("your head needs self.classifier = nn.Linear(hidden_size, num_labels)")
-    if tuple(lin.weight.shape) != (C, d):
-        raise ContractError(f"classifier.weight has shape {tuple(lin.weight.shape)}, expected {(C, d)}")
-    with torch.no_grad():
-        lin.weight.copy_(weight)
-        lin.bias.copy_(bias)
-    head.eval()
-    with torch.no_grad():
-        return head(hidden, mask)
-
-
 def _head_expected(d, hidden, mask, weight, bias):
     from sentence_transformers.sentence_transformer.modules import Pooling
 
     pool = Pooling(d, pooling_mode="mean")
     feats = pool({"token_embeddings": hidden, "attention_mask": mask})
     return F.linear(feats["sentence_embedding"], weight, bias)
-
-
-def _dropout_run(cls, d, C, hidden, mask, weight, bias):
-    head = cls(d, C, 0.5)
-    head.train()
-    torch.manual_seed(0)
-    with torch.no_grad():
-        a, b = head(hidden, mask), head(hidden, mask)
-    head.eval()
-    with torch.no_grad():
-        c, e = head(hidden, mask), head(hidden, mask)
-    return {"train_random": not torch.allclose(a, b), "eval_fixed": torch.allclose(c, e)}
-
-
-def _compare_dropout(expected, got):
-    if not isinstance(got, dict):
-        return f"could not read your result: {got!r}"
-    if not got["eval_fixed"]:
-        return "in eval mode your head gives different outputs on the same input: use nn.Dropout (off in eval mode)"
-    if not got["train_random"]:
-        return "in train mode two calls give the same output: apply self.dropout to the pooled vector"
-    return None
 
 
 def _head_cases(hidden: bool):
@@ -121,12 +60,12 @@ def _head_cases(hidden: bool):
         specs += [("B=8, T=20, d=24, 2 labels", hidden_seed("ch09.classifier_head", 3), 8, 20, 24, 2)]
     for name, seed, B, T, d, C in specs:
         h, m, w, b = _head_inputs(seed, B, T, d, C)
-        yield Case(name, (d, C, h, m, w, b), run=_head_run,
+        yield Case(name, (d, C, h, m, w, b), run=head_run,
                    expected=lambda d=d, h=h, m=m, w=w, b=b: _head_expected(d, h, m, w, b),
-                   compare=lambda e, g: compare_tensors(e, g, atol=1e-5, rtol=1e-4))
+                   compare=close_tensors(atol=1e-5, rtol=1e-4))
     h, m, w, b = _head_inputs(9, 4, 6, 16, 2)
-    yield Case("dropout: random in train mode, off in eval mode", (16, 2, h, m, w, b), run=_dropout_run,
-               expected=lambda: {"train_random": True, "eval_fixed": True}, compare=_compare_dropout)
+    yield Case("dropout: random in train mode, off in eval mode", (16, 2, h, m, w, b), run=dropout_run,
+               expected=lambda: {"train_random": True, "eval_fixed": True}, compare=compare_dropout)
 
 
 def _pool_variant(kind):
@@ -194,17 +133,6 @@ class _OneLinear(nn.Module):
         return self.fc(x)
 
 
-def _lora_setup(seed, d_in, d_out, r):
-    g = _gen(seed)
-    base_w = torch.randn(d_out, d_in, generator=g) / math.sqrt(d_in)
-    base_b = torch.randn(d_out, generator=g) * 0.1
-    A = torch.randn(r, d_in, generator=g) / math.sqrt(d_in)
-    B = torch.randn(d_out, r, generator=g) * 0.5
-    x = torch.randn(3, 4, d_in, generator=g)
-    up = torch.randn(3, 4, d_out, generator=g)
-    return base_w, base_b, A, B, x, up
-
-
 def _peft_one_linear(base_w, base_b, r, alpha):
     from peft import LoraConfig, get_peft_model
 
@@ -218,7 +146,7 @@ def _peft_one_linear(base_w, base_b, r, alpha):
 
 @functools.lru_cache(maxsize=None)
 def _lora_expected(seed, d_in, d_out, r, alpha):
-    base_w, base_b, A, B, x, up = _lora_setup(seed, d_in, d_out, r)
+    base_w, base_b, A, B, x, up = lora_setup(seed, d_in, d_out, r)
     model = _peft_one_linear(base_w, base_b, r, alpha)
     layer = model.base_model.model.fc
     with torch.no_grad():
@@ -232,65 +160,15 @@ def _lora_expected(seed, d_in, d_out, r, alpha):
             "grad_B": layer.lora_B["default"].weight.grad.clone()}
 
 
-def _lora_run(cls, seed, d_in, d_out, r, alpha):
-    base_w, base_b, A, B, x, up = _lora_setup(seed, d_in, d_out, r)
-    base = nn.Linear(d_in, d_out)
-    with torch.no_grad():
-        base.weight.copy_(base_w)
-        base.bias.copy_(base_b)
-    layer = cls(base, r, alpha)
-    if not isinstance(layer, nn.Module):
-        raise ContractError("LoRALinear must be an nn.Module (call super().__init__() first)")
-    lora_A = _param(layer, "lora_A", (r, d_in))
-    lora_B = _param(layer, "lora_B", (d_out, r))
-    with torch.no_grad():
-        init_equal = torch.allclose(layer(x), F.linear(x, base_w, base_b), atol=1e-6)
-    base_frozen = not base.weight.requires_grad and not base.bias.requires_grad
-    own = {id(p): n for n, p in layer.named_parameters()}
-    trainable = tuple(sorted(n.rpartition(".")[2] for n, p in layer.named_parameters() if p.requires_grad))
-    if id(lora_A) not in own or id(lora_B) not in own:
-        raise ContractError("lora_A and lora_B must be nn.Parameter attributes of the module")
-    with torch.no_grad():
-        lora_A.copy_(A)
-        lora_B.copy_(B)
-    out = layer(x)
-    (out * up).sum().backward()
-    return {"init_equal": init_equal, "base_frozen": base_frozen, "trainable": trainable, "out": out.detach(),
-            "grad_A": lora_A.grad.clone() if lora_A.grad is not None else None,
-            "grad_B": lora_B.grad.clone() if lora_B.grad is not None else None}
-
-
-def _compare_lora(expected, got):
-    if not isinstance(got, dict):
-        return f"could not read your result: {got!r}"
-    if got["init_equal"] != expected["init_equal"]:
-        return ("a fresh LoRALinear must compute exactly base(x): initialise lora_B to zeros (lora_A random), so the "
-                "update B @ A starts at 0")
-    if got["base_frozen"] != expected["base_frozen"]:
-        return "the base layer's weight and bias must be frozen (requires_grad = False)"
-    if got["trainable"] != expected["trainable"]:
-        return f"the trainable parameters must be exactly lora_A and lora_B, yours are {list(got['trainable'])}"
-    problem = compare_tensors(expected["out"], got["out"], atol=1e-5, rtol=1e-4)
-    if problem:
-        return f"with A and B set (B non-zero), the output differs from peft's: {problem}"
-    for key in ("grad_A", "grad_B"):
-        if got[key] is None:
-            return f"{key[-1]} received no gradient: use self.lora_{key[-1]} in forward"
-        problem = compare_tensors(expected[key], got[key], atol=1e-4, rtol=1e-4)
-        if problem:
-            return f"the gradient of lora_{key[-1]} differs from peft's: {problem}"
-    return None
-
-
 def _lora_cases(hidden: bool):
     specs = [("8 -> 6, r=2, alpha=4", 0, 8, 6, 2, 4.0), ("16 -> 16, r=4, alpha=8", 1, 16, 16, 4, 8.0),
              ("r=1, alpha=1 (scaling 1)", 2, 5, 7, 1, 1.0), ("r=8, alpha=2 (scaling 1/4)", 3, 12, 10, 8, 2.0)]
     if hidden:
         specs += [("64 -> 32, r=16, alpha=32", hidden_seed("ch09.lora_linear", 4), 64, 32, 16, 32.0)]
     for name, seed, d_in, d_out, r, alpha in specs:
-        yield Case(name, (seed, d_in, d_out, r, alpha), run=_lora_run,
+        yield Case(name, (seed, d_in, d_out, r, alpha), run=lora_run,
                    expected=lambda s=seed, i=d_in, o=d_out, r=r, a=alpha: _lora_expected(s, i, o, r, a),
-                   compare=_compare_lora)
+                   compare=compare_lora)
 
 
 def _lora_mistake(scaling="alpha/r", b_init="zeros", freeze=True):
@@ -335,7 +213,7 @@ register(Exercise(
 # ========================================================================================
 @functools.lru_cache(maxsize=None)
 def _merge_case(seed, d_in, d_out, r, alpha):
-    base_w, base_b, A, B, _, _ = _lora_setup(seed, d_in, d_out, r)
+    base_w, base_b, A, B, _, _ = lora_setup(seed, d_in, d_out, r)
     model = _peft_one_linear(base_w, base_b, r, alpha)
     layer = model.base_model.model.fc
     with torch.no_grad():
@@ -353,7 +231,7 @@ def _merge_cases(hidden: bool):
     for name, seed, d_in, d_out, r, alpha in specs:
         W, A, B, merged = _merge_case(seed, d_in, d_out, r, alpha)
         yield Case(name, (W, A, B, alpha, r), expected=lambda m=merged: m,
-                   compare=lambda e, g: compare_tensors(e, g, atol=1e-5, rtol=1e-4))
+                   compare=close_tensors(atol=1e-5, rtol=1e-4))
 
 
 register(Exercise(
@@ -376,51 +254,35 @@ register(Exercise(
 # ========================================================================================
 # add_lora
 # ========================================================================================
-class _Branchy(nn.Module):
-    """A small model whose layer names share substrings: ``proj``, ``out_proj``, ``block.proj``."""
-
-    def __init__(self):
-        super().__init__()
-        self.proj = nn.Linear(6, 8)
-        self.block = nn.Sequential()
-        self.block.add_module("proj", nn.Linear(8, 8))
-        self.out_proj = nn.Linear(8, 5)
-
-    def forward(self, x):
-        return self.out_proj(torch.relu(self.block.proj(torch.relu(self.proj(x)))))
 
 
 def _make_model(kind, seed):
     if kind == "bert":
         return _tiny_bert(seed)
     torch.manual_seed(seed)
-    return _Branchy().eval()
+    return Branchy().eval()
+
+
+# The tiny BertModel's configuration (BertConfig keyword arguments).
+_BERT = dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+             max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
 @functools.lru_cache(maxsize=None)
-def _model_cached(kind, seed):
-    return _make_model(kind, seed)
+def _model_inputs(kind, seed):
+    """The model of a case as data: its config dict and its state dict (the driver builds it)."""
+    config = {"model": kind, **(_BERT if kind == "bert" else {})}
+    state = {k: v.detach().clone() for k, v in _make_model(kind, seed).state_dict().items()}
+    return config, state
 
 
 def _tiny_bert(seed):
     from transformers import BertConfig, BertModel
 
     _silence()
-    cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-                     max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    cfg = BertConfig(**_BERT)
     torch.manual_seed(seed)
     return BertModel(cfg).eval()
-
-
-def _lora_values(name, r, d_in, d_out):
-    g = _gen(sum(ord(c) * (i + 1) for i, c in enumerate(name)) % 100003)
-    return torch.randn(r, d_in, generator=g) * 0.3, torch.randn(d_out, r, generator=g) * 0.3
-
-
-def _forward(kind, model, seed):
-    if kind == "bert":
-        return model(input_ids=torch.randint(0, 50, (2, 9), generator=_gen(seed + 100))).last_hidden_state
-    return model(torch.randn(4, 6, generator=_gen(seed + 100)))
 
 
 @functools.lru_cache(maxsize=None)
@@ -439,54 +301,14 @@ def _add_lora_expected(kind, seed, targets, r, alpha):
         if hasattr(module, "lora_A") and isinstance(getattr(module, "lora_A"), nn.ModuleDict):
             short = name[len(prefix):] if name.startswith(prefix) else name
             wrapped.append(short)
-            A, B = _lora_values(short, r, module.in_features, module.out_features)
+            A, B = lora_values(short, r, module.in_features, module.out_features)
             with torch.no_grad():
                 module.lora_A["default"].weight.copy_(A)
                 module.lora_B["default"].weight.copy_(B)
     n_trainable = model.get_nb_trainable_parameters()[0]
     with torch.no_grad():
-        out = _forward(kind, model, seed)
+        out = lora_forward(kind, model, seed)
     return {"is_module": True, "wrapped": tuple(sorted(wrapped)), "n_trainable": n_trainable, "out": out}
-
-
-def _add_lora_run(fn, model, kind, seed, targets, r, alpha):
-    result = fn(model, list(targets), r, alpha)
-    model = result if isinstance(result, nn.Module) else model
-    wrapped = []
-    for name, module in model.named_modules():
-        A, B = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
-        if isinstance(A, torch.Tensor) and isinstance(B, torch.Tensor):
-            wrapped.append(name)
-            vA, vB = _lora_values(name, r, A.shape[1], B.shape[0])
-            if A.shape != vA.shape or B.shape != vB.shape:
-                raise ContractError(f"{name}: lora_A/lora_B have shapes {tuple(A.shape)}/{tuple(B.shape)}, expected "
-                                    f"{tuple(vA.shape)}/{tuple(vB.shape)}")
-            with torch.no_grad():
-                A.copy_(vA)
-                B.copy_(vB)
-    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    model.eval()
-    with torch.no_grad():
-        out = _forward(kind, model, seed)
-    return {"is_module": isinstance(result, nn.Module), "wrapped": tuple(sorted(wrapped)), "n_trainable": n_trainable,
-            "out": out}
-
-
-def _compare_add_lora(expected, got):
-    if not isinstance(got, dict):
-        return f"could not read your result: {got!r}"
-    if not got["is_module"]:
-        return "return the model (the same object, modified in place)"
-    if got["wrapped"] != expected["wrapped"]:
-        missing = sorted(set(expected["wrapped"]) - set(got["wrapped"]))
-        extra = sorted(set(got["wrapped"]) - set(expected["wrapped"]))
-        return (f"peft wraps {len(expected['wrapped'])} layers, you wrapped {len(got['wrapped'])}"
-                + (f"; missing e.g. {missing[0]}" if missing else "") + (f"; not a target: {extra[0]}" if extra else ""))
-    if got["n_trainable"] != expected["n_trainable"]:
-        return (f"{got['n_trainable']:,} trainable parameters, peft has {expected['n_trainable']:,}: only the LoRA "
-                "matrices may keep requires_grad = True")
-    problem = compare_tensors(expected["out"], got["out"], atol=1e-5, rtol=1e-4)
-    return None if problem is None else f"with the same A and B in every wrapped layer, the output differs: {problem}"
 
 
 def _add_lora_cases(hidden: bool):
@@ -498,10 +320,11 @@ def _add_lora_cases(hidden: bool):
         specs += [("BERT, query, key and value, r=8, alpha=16", "bert", hidden_seed("ch09.add_lora", 3),
                    ("query", "key", "value"), 8, 16.0)]
     for name, kind, seed, targets, r, alpha in specs:
-        # The model is built here, not inside the graded call: the case's deep copy of it is cheap.
-        yield Case(name, (_model_cached(kind, seed), kind, seed, targets, r, alpha), run=_add_lora_run,
+        # The model travels as data (config + state dict); the driver builds it for each call.
+        config, state = _model_inputs(kind, seed)
+        yield Case(name, (config, state, seed, targets, r, alpha), run=add_lora_run,
                    expected=lambda k=kind, s=seed, t=targets, r=r, a=alpha: _add_lora_expected(k, s, t, r, a),
-                   compare=_compare_add_lora, check_mutation=False)
+                   compare=compare_add_lora, check_mutation=False)
 
 
 class _RefLoRA(nn.Module):
@@ -569,7 +392,7 @@ def _tl_cases(hidden: bool):
                    expected=lambda l=logits, t=tokens: F.cross_entropy(
                        l[:, :-1].reshape(-1, l.shape[-1]).double(), t[:, 1:].reshape(-1), reduction="none"
                    ).view(t.shape[0], t.shape[1] - 1),
-                   compare=lambda e, g: compare_tensors(e, g, atol=1e-4, rtol=1e-4))
+                   compare=close_tensors(atol=1e-4, rtol=1e-4))
 
 
 def _tl_variant(logits, tokens, kind):
@@ -626,7 +449,7 @@ def _ind_cases(hidden: bool):
     for name, seed, shape, T, period in specs:
         attn = _causal_attn(seed, shape, T)
         yield Case(name, (attn, period), expected=lambda a=attn, p=period: _ind_expected(a, p),
-                   compare=lambda e, g: compare_tensors(e, g, atol=1e-6, rtol=1e-5))
+                   compare=close_tensors(atol=1e-6, rtol=1e-5))
 
 
 def _ind_variant(attn, period, offset=1, first=None, reduce="mean"):

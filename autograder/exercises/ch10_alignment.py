@@ -19,58 +19,26 @@ import functools
 import statistics
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core import Case, Exercise, Mistake, compare_float, compare_tensors, hidden_seed, inherit, register
+from ..core import Case, Exercise, Mistake, close_tensors, hidden_seed, inherit, register
+from ..drivers.ch10_alignment import (OneThread, TinyLM, compare_dpo_batch, compare_loss_grad, compare_sft,
+                                      dpo_batch_run, pg_run, sft_run)
+from ..drivers.ch10_alignment import gen as _gen
+from ..drivers.ch10_alignment import silence as _silence
+from ..drivers.ch10_alignment import tokenizer as _tokenizer
 
 CH = "ch10"
 SOL = "solutions.ch10_alignment"
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _hgen(exercise: str, k: int) -> torch.Generator:
     return _gen(hidden_seed(f"ch10.{exercise}", k))
 
 
-def _silence():
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-
-
 # ========================================================================================
 # SFT: labels on the assistant's tokens only
 # ========================================================================================
-_ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
-_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>\n' }}"
-    "{% if message['role'] == 'assistant' %}"
-    "{% generation %}{{ message['content'] + '<|end|>' }}{% endgeneration %}"
-    "{% else %}{{ message['content'] + '<|end|>' }}{% endif %}"
-    "{{ '\n' }}"
-    "{% endfor %}"
-)
-_CHARS = [chr(c) for c in range(32, 127)] + ["\n"]
-
-
-@functools.lru_cache(maxsize=None)
-def _tokenizer():
-    """A character tokenizer (BPE without merges over printable ASCII) with the chat template."""
-    from tokenizers import Tokenizer, decoders, models
-    from transformers import PreTrainedTokenizerFast
-
-    _silence()
-    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(_CHARS)}, merges=[]))
-    tok.decoder = decoders.Fuse()
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="\n", pad_token="\n")
-    hf.add_special_tokens({"additional_special_tokens": _ROLE_TOKENS})
-    hf.chat_template = _TEMPLATE
-    return hf
 
 
 def _sft_expected(messages):
@@ -79,25 +47,6 @@ def _sft_expected(messages):
     ids = torch.tensor(out["input_ids"], dtype=torch.long)
     mask = torch.tensor(out["assistant_masks"], dtype=torch.long)
     return ids, torch.where(mask == 1, ids, torch.full_like(ids, -100))
-
-
-def _sft_run(fn, messages):
-    return fn(messages, _tokenizer())
-
-
-def _compare_sft(expected, got):
-    if not isinstance(got, (tuple, list)) or len(got) != 2:
-        return f"return a tuple (input_ids, labels), got {type(got).__name__}"
-    for name, e, g in zip(("input_ids", "labels"), expected, got):
-        if not isinstance(g, torch.Tensor):
-            return f"{name} must be a torch.Tensor, got {type(g).__name__}"
-        if tuple(g.shape) != tuple(e.shape):
-            return f"{name} has shape {tuple(g.shape)}, apply_chat_template gives {tuple(e.shape)}"
-        if not torch.equal(g.long(), e):
-            t = int((g.long() != e).nonzero()[0, 0])
-            return (f"{name} differs from apply_chat_template's at token {t}: expected {int(e[t])}, got {int(g[t])}"
-                    + (f" ({int((g.long() != e).sum())} tokens differ)" if name == "labels" else ""))
-    return None
 
 
 _LINES = ["Who goes there?", "Nay, answer me.", "Long live the king!", "Peace, break thee off.",
@@ -135,7 +84,7 @@ def _sft_cases(hidden: bool):
         specs += [(f"hidden case {k + 1}: a random conversation", _random_conversation(_hgen("sft_tokenize", k)))
                   for k in range(3)]
     for name, messages in specs:
-        yield Case(name, (messages,), run=_sft_run, expected=lambda m=messages: _sft_expected(m), compare=_compare_sft)
+        yield Case(name, (messages,), run=sft_run, expected=lambda m=messages: _sft_expected(m), compare=compare_sft)
 
 
 def _sft_mistake(kind):
@@ -240,7 +189,7 @@ def _reward_cases(hidden: bool):
     for name, seed, B, T, d, padding, hk in specs:
         ids, h, w, _ = _reward_case(seed, B, T, d, padding, hk)
         yield Case(name, (h, ids, w, 0), expected=lambda s=seed, B=B, T=T, d=d, p=padding, hk=hk: _reward_case(
-            s, B, T, d, p, hk)[3], compare=lambda e, g: compare_tensors(e, g, atol=1e-5, rtol=1e-4))
+            s, B, T, d, p, hk)[3], compare=close_tensors(atol=1e-5, rtol=1e-4))
 
 
 def _reward_mistake(kind):
@@ -303,7 +252,7 @@ def _bt_cases(hidden: bool):
             rows.append((f"hidden case {k + 1}", torch.randn(n, generator=g) * 2, torch.randn(n, generator=g) * 2))
     for name, rc, rr in rows:
         yield Case(name, (rc, rr), expected=lambda a=rc, b=rr: _bt_expected(a, b),
-                   compare=lambda e, g: compare_tensors(e, g, atol=1e-5, rtol=1e-5))
+                   compare=close_tensors(atol=1e-5, rtol=1e-5))
 
 
 register(Exercise(
@@ -355,7 +304,7 @@ def _slp_cases(hidden: bool):
             rows.append((f"hidden case {k + 1}: random shapes and prompt lengths", *_slp_inputs(g, B, T, 23)))
     for name, logits, ids, mask in rows:
         yield Case(name, (logits, ids, mask), expected=lambda l=logits, i=ids, m=mask: _slp_expected(l, i, m),
-                   compare=lambda e, g: compare_tensors(e, g, atol=1e-4, rtol=1e-5))
+                   compare=close_tensors(atol=1e-4, rtol=1e-5))
 
 
 def _slp_mistake(kind):
@@ -421,7 +370,7 @@ def _dpo_cases(hidden: bool):
     for name, pc, pr, rc, rr, beta in rows:
         yield Case(name, (pc, pr, rc, rr), {"beta": beta},
                    expected=lambda a=pc, b=pr, c=rc, d=rr, beta=beta: _dpo_expected(a, b, c, d, beta),
-                   compare=lambda e, g: compare_tensors(e, g, atol=1e-5, rtol=1e-5))
+                   compare=close_tensors(atol=1e-5, rtol=1e-5))
 
 
 def _dpo_mistake(kind):
@@ -461,27 +410,6 @@ register(Exercise(
 # ========================================================================================
 # DPO from the two models (composite)
 # ========================================================================================
-@functools.lru_cache(maxsize=None)
-def _tiny_weights(V, d, seed):
-    g = _gen(seed)
-    shapes = [(V, d), (d, d), (d,), (V, d), (V,)]
-    return [torch.randn(*s, generator=g) * (1.0 if i == 0 else d ** -0.5) for i, s in enumerate(shapes)]
-
-
-class _TinyLM(nn.Module):
-    """A tiny causal language model: embedding, causal running mean, one tanh layer, readout."""
-
-    def __init__(self, V, d, seed):
-        super().__init__()
-        self.emb, self.hid, self.out = nn.Embedding(V, d), nn.Linear(d, d), nn.Linear(d, V)
-        with torch.no_grad():
-            for p, w in zip(self.parameters(), _tiny_weights(V, d, seed)):
-                p.copy_(w)
-
-    def forward(self, ids):
-        x = self.emb(ids)
-        x = x.cumsum(1) / torch.arange(1, ids.shape[1] + 1).view(1, -1, 1)
-        return self.out(torch.tanh(self.hid(x)))
 
 
 def _dpo_batch_inputs(g, N, T, V):
@@ -496,44 +424,13 @@ def _dpo_batch_inputs(g, N, T, V):
     return ids, mask
 
 
-class _OneThread:
-    """Tiny tensors: one thread avoids waiting on a busy machine's second core."""
-
-    def __enter__(self):
-        self.previous = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.previous)
-        return False
-
-
-def _dpo_batch_run(fn, ids, mask, beta, V, seed):
-    with _OneThread():
-        return _dpo_batch_run_1(fn, ids, mask, beta, V, seed)
-
-
-def _dpo_batch_run_1(fn, ids, mask, beta, V, seed):
-    policy, reference = _TinyLM(V, 16, seed), _TinyLM(V, 16, seed + 1)
-    loss = fn(policy, reference, ids, mask, beta)
-    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        return loss
-    ref_grad = any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in reference.parameters())
-    if loss.requires_grad:
-        loss.backward()
-    grad = policy.out.weight.grad
-    ref_grad = ref_grad or any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in reference.parameters())
-    return {"loss": loss.detach().reshape(()), "ref_grad": ref_grad,
-            "grad": grad.clone() if grad is not None else None}
-
-
 def _dpo_batch_expected(ids, mask, beta, V, seed):
-    with _OneThread():
+    with OneThread():
         return _dpo_batch_expected_1(ids, mask, beta, V, seed)
 
 
 def _dpo_batch_expected_1(ids, mask, beta, V, seed):
-    policy, reference = _TinyLM(V, 16, seed), _TinyLM(V, 16, seed + 1)
+    policy, reference = TinyLM(V, 16, seed), TinyLM(V, 16, seed + 1)
     n = ids.shape[0] // 2
 
     def logps(model):
@@ -547,23 +444,6 @@ def _dpo_batch_expected_1(ids, mask, beta, V, seed):
     return {"loss": loss.detach().float(), "ref_grad": False, "grad": policy.out.weight.grad.clone()}
 
 
-def _compare_dpo_batch(expected, got):
-    if isinstance(got, torch.Tensor):
-        return f"return the loss as a single number (a 0-dim tensor), got shape {tuple(got.shape)}"
-    if not isinstance(got, dict):
-        return f"return the loss as a tensor, got {type(got).__name__}"
-    if got["ref_grad"] != expected["ref_grad"]:
-        return ("the reference model received gradients: compute its log-probs under torch.no_grad() (it is frozen; "
-                "only the policy learns)")
-    problem = compare_tensors(expected["loss"], got["loss"], atol=1e-5, rtol=1e-4)
-    if problem:
-        return f"the loss differs: {problem}"
-    if got["grad"] is None:
-        return "the policy received no gradient: do not detach the policy's log-probs"
-    problem = compare_tensors(expected["grad"], got["grad"], atol=1e-6, rtol=1e-3)
-    return None if problem is None else f"the loss is right but the policy's gradient differs: {problem}"
-
-
 def _dpo_batch_cases(hidden: bool):
     specs = [("N=3 pairs, T=10, V=13", 0, 3, 10, 13, 0.1), ("N=1 pair, T=6", 1, 1, 6, 9, 0.1),
              ("N=4 pairs, T=16, beta 0.5", 2, 4, 16, 17, 0.5)]
@@ -573,9 +453,9 @@ def _dpo_batch_cases(hidden: bool):
         N, T = int(torch.randint(2, 6, (1,), generator=g)), int(torch.randint(6, 20, (1,), generator=g))
         rows.append(("hidden case 1", *_dpo_batch_inputs(g, N, T, 15), 0.1, 15, 7))
     for name, ids, mask, beta, V, seed in rows:
-        yield Case(name, (ids, mask, beta, V, seed), run=_dpo_batch_run,
+        yield Case(name, (ids, mask, beta, V, seed), run=dpo_batch_run,
                    expected=lambda i=ids, m=mask, b=beta, V=V, s=seed: _dpo_batch_expected(i, m, b, V, s),
-                   compare=_compare_dpo_batch)
+                   compare=compare_dpo_batch)
 
 
 def _dpo_batch_with(logps_fn=None, loss_fn=None, ref_grad=False, swap=False):
@@ -617,13 +497,6 @@ register(Exercise(
 # ========================================================================================
 # REINFORCE with a baseline
 # ========================================================================================
-def _pg_run(fn, logps, rewards):
-    lp = logps.clone().requires_grad_(True)
-    loss = fn(lp, rewards)
-    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-        return loss
-    grad = torch.autograd.grad(loss, lp, allow_unused=True)[0] if loss.requires_grad else None
-    return {"loss": loss.detach().reshape(()), "grad": grad if grad is not None else torch.zeros_like(lp)}
 
 
 def _reinforce_expected(logps, rewards):
@@ -633,18 +506,6 @@ def _reinforce_expected(logps, rewards):
     loss = -sum((ri - base) * float(lp) for ri, lp in zip(r, logps)) / B
     return {"loss": torch.tensor(loss, dtype=torch.float64),
             "grad": torch.tensor([-(ri - base) / B for ri in r], dtype=torch.float64)}
-
-
-def _compare_loss_grad(expected, got):
-    if isinstance(got, torch.Tensor):
-        return f"return the loss as a single number (a 0-dim tensor), got shape {tuple(got.shape)}"
-    if not isinstance(got, dict):
-        return f"return the loss as a tensor, got {type(got).__name__}"
-    problem = compare_tensors(expected["loss"], got["loss"], atol=1e-5, rtol=1e-4)
-    if problem:
-        return f"the loss differs: {problem}"
-    problem = compare_tensors(expected["grad"], got["grad"], atol=1e-6, rtol=1e-4)
-    return None if problem is None else f"the loss is right but its gradient differs: {problem}"
 
 
 def _reinforce_cases(hidden: bool):
@@ -658,8 +519,8 @@ def _reinforce_cases(hidden: bool):
         B = int(torch.randint(3, 40, (1,), generator=g))
         rows.append(("hidden case 1", -20 + 5 * torch.randn(B, generator=g), torch.randn(B, generator=g)))
     for name, lp, r in rows:
-        yield Case(name, (lp, r), run=_pg_run, expected=lambda lp=lp, r=r: _reinforce_expected(lp, r),
-                   compare=_compare_loss_grad)
+        yield Case(name, (lp, r), run=pg_run, expected=lambda lp=lp, r=r: _reinforce_expected(lp, r),
+                   compare=compare_loss_grad)
 
 
 register(Exercise(
@@ -725,7 +586,7 @@ def _ppo_cases(hidden: bool):
     for name, logps, old, adv, mask, eps in rows:
         yield Case(name, (logps, old, adv, mask), {"epsilon": eps},
                    expected=lambda a=logps, b=old, c=adv, d=mask, e=eps: _ppo_expected(a, b, c, d, e),
-                   compare=lambda e, g: compare_tensors(e, g, atol=1e-5, rtol=1e-4))
+                   compare=close_tensors(atol=1e-5, rtol=1e-4))
 
 
 def _ppo_mistake(kind):
@@ -791,7 +652,7 @@ def _adv_cases(hidden: bool):
         rows.append(("hidden case 1: random group size", torch.randn(n * G, generator=g) * 3, G))
     for name, r, G in rows:
         yield Case(name, (r, G), expected=lambda r=r, G=G: _adv_expected(r, G),
-                   compare=lambda e, g: compare_tensors(e, g, atol=1e-4, rtol=1e-4))
+                   compare=close_tensors(atol=1e-4, rtol=1e-4))
 
 
 def _adv_mistake(kind):
@@ -873,7 +734,7 @@ def _grpo_cases(hidden: bool):
         yield Case(name, (logps, old, ref, r, mask, G),
                    {"beta": beta, "epsilon": eps, "loss_type": lt, "kl_ratio": kr},
                    expected=lambda a=(logps, old, ref, r, mask, G, beta, eps, lt, kr): _grpo_expected(*a),
-                   compare=lambda e, g: compare_tensors(e, g, atol=1e-5, rtol=1e-4))
+                   compare=close_tensors(atol=1e-5, rtol=1e-4))
 
 
 def _grpo_with(adv_fn=None, kl="k3", ratio_kl=None, min_of_ratios=False, norm=None):
