@@ -106,8 +106,8 @@ def _(ctx):
                             "autograder.core.default_compare = lambda *a, **k: None\n"])
 
 
-@case("patch-showtraceback", "silences IPython's showtraceback and stderr; bigram_counts raises",
-      {"ch01.bigram_counts": 0})
+@case("patch-showtraceback", "silences IPython's showtraceback and stderr; bigram_counts raises (reaching the "
+      "IPython shell is itself refused: it runs code the checker cannot see)", {"*": 0})
 def _(ctx):
     return _sub(ctx, {"ch01.bigram_counts": "import io, sys\nget_ipython().showtraceback = lambda *a, **k: None\n"
                       "sys.stderr = io.StringIO()\n"
@@ -130,8 +130,8 @@ def _(ctx):
                       "def gpt2_param_count(vocab_size, n_positions, n_embd, n_layer):\n    return Sly(0)\n"})
 
 
-@case("tensor-subclass-torch-function", "a tensor subclass whose every torch operation answers True",
-      {"ch01.bigram_probs": 0})
+@case("tensor-subclass-torch-function", "a tensor subclass whose every torch operation answers True (defining "
+      "__torch_function__ in submitted code is itself refused)", {"*": 0})
 def _(ctx):
     return _sub(ctx, {"ch01.bigram_probs": "import torch\nclass Liar(torch.Tensor):\n"
                       "    @classmethod\n    def __torch_function__(cls, func, types, args=(), kwargs=None):\n"
