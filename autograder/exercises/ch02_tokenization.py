@@ -10,7 +10,8 @@ import functools
 from collections import Counter
 from pathlib import Path
 
-from ..core import Case, Exercise, Mistake, compare_equal, register
+from ..core import Case, Exercise, Mistake, register
+from ..drivers.ch02_tokenization import compare_bpe, decode_run, encode_run, unigram_run, wordpiece_run
 
 CH = "ch02"
 SOL = "solutions.ch02_tokenization"
@@ -102,8 +103,14 @@ def _bert_vocab_cached() -> dict[str, int]:
     return dict(_bert_tokenizer().get_vocab())
 
 
-def _bert_vocab() -> dict[str, int]:
-    return dict(_bert_vocab_cached())  # a copy per case: a learner who mutates it harms only that case
+@functools.lru_cache(maxsize=None)
+def _bert_vocab_lines() -> str:
+    """The BERT vocabulary as a case input: its tokens one per line, in id order (the
+    driver turns it back into the dict; 30,522 entries as one string travel cheaply)."""
+    vocab = _bert_vocab_cached()
+    tokens = sorted(vocab, key=vocab.get)
+    assert [vocab[t] for t in tokens] == list(range(len(tokens))) and not any("\n" in t for t in tokens)
+    return "\n".join(tokens)
 
 
 @functools.lru_cache(maxsize=None)
@@ -276,27 +283,10 @@ def _bpe_specs(hidden):
     return specs
 
 
-def _compare_bpe(expected, got):
-    if not (isinstance(got, tuple) and len(got) == 2):
-        return f"expected a tuple (vocab, merges), got {type(got).__name__}"
-    vocab, merges = got
-    if not isinstance(vocab, dict) or not isinstance(merges, (list, tuple)):
-        return f"expected (dict, list), got ({type(vocab).__name__}, {type(merges).__name__})"
-    exp_vocab, exp_merges = expected
-    merges = [tuple(m) if isinstance(m, (list, tuple)) else m for m in merges]
-    for i, (e, g) in enumerate(zip(exp_merges, merges)):
-        if e != g:
-            return f"merge #{i} differs: expected {e!r}, got {g!r} (the first {i} merges agree)"
-    if len(merges) != len(exp_merges):
-        return f"expected {len(exp_merges)} merges, got {len(merges)} (the first {min(len(merges), len(exp_merges))} agree)"
-    problem = compare_equal(exp_vocab, dict(vocab))
-    return None if problem is None else f"the merges agree but the vocabulary does not: {problem}"
-
-
 def _bpe_cases(hidden):
     for name, text, size, specials in _bpe_specs(hidden):
         yield Case(name, (text, size, list(specials)),
-                   expected=lambda t=text, s=size, sp=specials: _tokenizers_train(t, s, sp), compare=_compare_bpe)
+                   expected=lambda t=text, s=size, sp=specials: _tokenizers_train(t, s, sp), compare=compare_bpe)
 
 
 register(Exercise(
@@ -344,23 +334,19 @@ def _toy_model():
 
 def _encode_cases(hidden):
     for text in ("abc abcabc", "cab abc"):
-        yield Case(f"lowest rank first: {text!r} with the merges (b,c) then (a,b)", (text,),
-                   run=lambda fn, t: fn(t, *_toy_model(), []),
-                   expected=lambda t=text: _bpe_tokenizer(*_toy_model()).encode(t).ids)
+        yield Case(f"lowest rank first: {text!r} with the merges (b,c) then (a,b)", (text, *_toy_model(), []),
+                   run=encode_run, expected=lambda t=text: _bpe_tokenizer(*_toy_model()).encode(t).ids)
     texts = dict(TEXTS, **{"with a special token": "To be<|endoftext|>or not to be",
                            "words unseen in training": "Quixotic zephyrs jinx the wolf"})
     if hidden:
         texts.update(HIDDEN_TEXTS)
         texts["special token alone"] = "<|endoftext|>"
+    vocab, merges = _encoder_model()
     for name, text in texts.items():
         def expected(t=text):
             vocab, merges = _encoder_model()
             return _bpe_tokenizer(vocab, merges, ENCODER_SPECIALS).encode(t).ids
-
-        def run(fn, t):
-            vocab, merges = _encoder_model()
-            return fn(t, dict(vocab), list(merges), list(ENCODER_SPECIALS))
-        yield Case(name, (text,), run=run, expected=expected)
+        yield Case(name, (text, dict(vocab), list(merges), list(ENCODER_SPECIALS)), run=encode_run, expected=expected)
 
 
 def _encode_variant(text, vocab, merges, special_tokens=(), specials=True, by_rank=True, mapped=True):
@@ -425,28 +411,24 @@ def _decode_cases(hidden):
     texts = dict(TEXTS, **{"with a special token": "To be<|endoftext|>or not"})
     if hidden:
         texts.update(HIDDEN_TEXTS)
+    vocab, _ = _encoder_model()
+
+    def ids_of(t):
+        vocab, merges = _encoder_model()
+        return _bpe_tokenizer(vocab, merges, ENCODER_SPECIALS).encode(t).ids
+
     for name, text in texts.items():
-        def ids_of(t=text):
-            vocab, merges = _encoder_model()
-            return _bpe_tokenizer(vocab, merges, ENCODER_SPECIALS).encode(t).ids
-
-        def run(fn, t):
-            vocab, _ = _encoder_model()
-            return fn(ids_of(t), dict(vocab))
-
         def expected(t=text):
             vocab, merges = _encoder_model()
             return _bpe_tokenizer(vocab, merges, ENCODER_SPECIALS).decode(ids_of(t), skip_special_tokens=False)
-        yield Case(name, (text,), run=run, expected=expected)
+        yield Case(name, (ids_of(text), dict(vocab)), run=decode_run, expected=expected)
     # A multi-byte character split across two tokens: decode the bytes together.
-    yield Case("a split multi-byte character: 'é' as two byte tokens", (None,),
-               run=lambda fn, _: fn([_encoder_model()[0][c] for c in "caf" + "".join(_byte_table()[b] for b in "é".encode())],
-                                     dict(_encoder_model()[0])),
-               expected=lambda: "café")
-    yield Case("half a character: replaced by U+FFFD", (None,),
-               run=lambda fn, _: fn([_encoder_model()[0][_byte_table()["é".encode()[0]]]], dict(_encoder_model()[0])),
-               expected=lambda: _bpe_tokenizer(*_encoder_model(), ENCODER_SPECIALS).decode(
-                   [_encoder_model()[0][_byte_table()["é".encode()[0]]]]))
+    yield Case("a split multi-byte character: 'é' as two byte tokens",
+               ([vocab[c] for c in "caf" + "".join(_byte_table()[b] for b in "é".encode())], dict(vocab)),
+               run=decode_run, expected=lambda: "café")
+    half = [vocab[_byte_table()["é".encode()[0]]]]
+    yield Case("half a character: replaced by U+FFFD", (half, dict(vocab)), run=decode_run,
+               expected=lambda: _bpe_tokenizer(*_encoder_model(), ENCODER_SPECIALS).decode(half))
 
 
 def _decode_per_token(ids, vocab):
@@ -512,9 +494,9 @@ def _wp_reference(word, max_chars=100):
 def _wp_cases(hidden):
     words = WORDS + (HIDDEN_WORDS if hidden else [])
     for w in words:
-        yield Case(repr(w) if len(w) < 30 else f"a word of {len(w)} characters", (w,),
-                   run=lambda fn, w: fn(w, _bert_vocab()), expected=lambda w=w: _wp_reference(w))
-    yield Case("max_chars=5: a longer word is [UNK]", ("playing",), run=lambda fn, w: fn(w, _bert_vocab(), "[UNK]", 5),
+        yield Case(repr(w) if len(w) < 30 else f"a word of {len(w)} characters", (w, _bert_vocab_lines()),
+                   run=wordpiece_run, expected=lambda w=w: _wp_reference(w))
+    yield Case("max_chars=5: a longer word is [UNK]", ("playing", _bert_vocab_lines(), "[UNK]", 5), run=wordpiece_run,
                expected=lambda: _wp_reference("playing", 5))
 
 
@@ -580,7 +562,7 @@ def _tokenize_ref(text):
 def _tok_cases(hidden):
     texts = dict(TOKENIZE_TEXTS, **(HIDDEN_TOKENIZE if hidden else {}))
     for name, text in texts.items():
-        yield Case(name, (text,), run=lambda fn, t: fn(t, _bert_vocab()), expected=lambda t=text: _tokenize_ref(t))
+        yield Case(name, (text, _bert_vocab_lines()), run=wordpiece_run, expected=lambda t=text: _tokenize_ref(t))
 
 
 def _tok_variant(text, vocab, lower=True, strip=True, punct=True):
@@ -624,8 +606,9 @@ def _sp_ref(text):
 
 
 def _sp_cases(hidden):
+    pieces = _sp_pieces()
     for text in SP_TEXTS + (SP_HIDDEN if hidden else []):
-        yield Case(repr(text), (text,), run=lambda fn, t: fn(t, _sp_pieces()), expected=lambda t=text: _sp_ref(t))
+        yield Case(repr(text), (text, pieces), run=unigram_run, expected=lambda t=text: _sp_ref(t))
 
 
 def _sp_greedy(text, pieces):

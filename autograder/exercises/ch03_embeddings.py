@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core import Case, Exercise, Mistake, compare_tensors, hidden_seed, register
+from ..core import Case, Exercise, Mistake, close_tensors, hidden_seed, register
+from ..drivers.ch03_embeddings import grad_run, tpe_run
 
 CH = "ch03"
 SOL = "solutions.ch03_embeddings"
@@ -22,39 +23,12 @@ SOL = "solutions.ch03_embeddings"
 # ----------------------------------------------------------------------------------------
 # Shared helpers (chapter 4 imports these too)
 # ----------------------------------------------------------------------------------------
-class ContractError(Exception):
-    """The learner's module does not have the attributes its docstring names."""
-
-
-def load_by_name(module, state: dict[str, torch.Tensor]):
-    """Copy ``state`` into ``module``'s parameters by name, after checking names and shapes."""
-    if not isinstance(module, nn.Module):
-        raise ContractError(f"expected an nn.Module instance, got {type(module).__name__}: subclass nn.Module "
-                            "and call super().__init__() first")
-    params = dict(module.named_parameters())
-    for name, value in state.items():
-        if name not in params:
-            have = ", ".join(params) or "none"
-            raise ContractError(f"your module has no parameter named {name!r} (it has: {have}); name the "
-                                "sub-modules as the docstring says")
-        if tuple(params[name].shape) != tuple(value.shape):
-            raise ContractError(f"parameter {name!r} has shape {tuple(params[name].shape)}, expected "
-                                f"{tuple(value.shape)}")
-    extra = [n for n in params if n not in state]
-    if extra:
-        raise ContractError(f"your module has parameters the reference does not: {', '.join(extra)}")
-    with torch.no_grad():
-        for name, value in state.items():
-            params[name].copy_(value)
-    return module
-
-
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
 def tensors(atol: float, rtol: float):
-    return lambda e, g: compare_tensors(e, g, atol=atol, rtol=rtol)
+    return close_tensors(atol=atol, rtol=rtol)
 
 
 # ----------------------------------------------------------------------------------------
@@ -62,19 +36,6 @@ def tensors(atol: float, rtol: float):
 # ----------------------------------------------------------------------------------------
 def _embedding_ref(ids, weight):
     return F.embedding(ids, weight.to(torch.float64))
-
-
-def _grad_run(fn, ids, weight, upstream):
-    """Backpropagate sum(out * upstream) through the submission; return d/d weight."""
-    w = weight.clone().requires_grad_(True)
-    out = fn(ids, w)
-    if not isinstance(out, torch.Tensor) or not out.requires_grad:
-        raise RuntimeError("no gradient reaches `weight` through your result: keep the computation in torch "
-                           "(no .detach(), no numpy, no torch.no_grad())")
-    (out * upstream).sum().backward()
-    if w.grad is None:
-        raise RuntimeError("no gradient reached `weight`")
-    return w.grad
 
 
 def _grad_ref(ids, weight, upstream):
@@ -103,7 +64,7 @@ def _onehot_cases(hidden: bool):
     weight = torch.randn(6, 3, generator=g)
     upstream = torch.randn(2, 3, 3, generator=g)
     yield Case("gradient w.r.t. weight equals nn.Embedding's (row 1 is used three times)", (ids, weight, upstream),
-               run=_grad_run, expected=lambda: _grad_ref(ids, weight, upstream), compare=tensors(1e-6, 1e-6))
+               run=grad_run, expected=lambda: _grad_ref(ids, weight, upstream), compare=tensors(1e-6, 1e-6))
 
 
 register(Exercise(
@@ -177,14 +138,6 @@ register(Exercise(
 # ----------------------------------------------------------------------------------------
 # TokenAndPositionEmbedding
 # ----------------------------------------------------------------------------------------
-def _tpe_run(cls, vocab_size, n_positions, d_model, tok, pos, ids):
-    module = cls(vocab_size, n_positions, d_model)
-    load_by_name(module, {"tok.weight": tok, "pos.weight": pos})
-    module.eval()
-    with torch.no_grad():
-        return module(ids)
-
-
 def _tpe_ref(tok, pos, ids):
     # GPT-2's input layer: wte(input_ids) + wpe(position_ids), two nn.Embedding tables.
     wte, wpe = nn.Embedding.from_pretrained(tok), nn.Embedding.from_pretrained(pos)
@@ -203,7 +156,7 @@ def _tpe_cases(hidden: bool):
     for name, v, p, d, shape, g in specs:
         tok, pos = torch.randn(v, d, generator=g), torch.randn(p, d, generator=g)
         ids = torch.randint(0, v, shape, generator=g)
-        yield Case(name, (v, p, d, tok, pos, ids), run=_tpe_run,
+        yield Case(name, (v, p, d, tok, pos, ids), run=tpe_run,
                    expected=lambda t=tok, q=pos, i=ids: _tpe_ref(t, q, i), compare=tensors(1e-6, 1e-6))
 
 

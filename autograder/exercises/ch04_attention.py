@@ -17,7 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core import Case, Exercise, Mistake, hidden_seed, inherit, register
-from .ch03_embeddings import ContractError, gen, load_by_name, tensors
+from ..drivers.ch04_attention import gpt2_attention as _gpt2_attention, load_run, mha_run
+from .ch03_embeddings import gen, tensors
 
 CH = "ch04"
 SOL = "solutions.ch04_attention"
@@ -171,16 +172,6 @@ def _mha_state(seed, d, bias=True):
     return state
 
 
-def _mha_run(cls, d, n_heads, bias, causal, state, x, key_padding_mask):
-    module = cls(d, n_heads, bias=bias, causal=causal)
-    load_by_name(module, state)
-    module.eval()
-    with torch.no_grad():
-        if key_padding_mask is None:
-            return module(x)
-        return module(x, key_padding_mask=key_padding_mask)
-
-
 def _ref_torch_mha(d, n_heads, bias, causal, state, x, key_padding_mask):
     ref = nn.MultiheadAttention(d, n_heads, bias=bias, batch_first=True).double().eval()
     with torch.no_grad():
@@ -196,15 +187,6 @@ def _ref_torch_mha(d, n_heads, bias, causal, state, x, key_padding_mask):
         x = x.double()
         out, _ = ref(x, x, x, attn_mask=attn_mask, key_padding_mask=kpm, need_weights=False)
     return out
-
-
-def _gpt2_attention(d, n_heads):
-    from transformers import GPT2Config
-    from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
-
-    config = GPT2Config(n_embd=d, n_head=n_heads, n_layer=1, n_positions=64, vocab_size=16, bos_token_id=0,
-                        eos_token_id=0, attn_pdrop=0.0, resid_pdrop=0.0, attn_implementation="eager")
-    return GPT2Attention(config, layer_idx=0).eval()
 
 
 def _ref_gpt2(d, n_heads, bias, causal, state, x, key_padding_mask):
@@ -246,7 +228,7 @@ def _mha_cases(hidden: bool):
         kpm = None if lengths is None else _padding(lengths, T)[:, 0, 0, :]
         reference = _ref_torch_mha if ref == "torch" else _ref_gpt2
         args = (d, h, bias, causal, state, x, kpm)
-        yield Case(name, args, run=_mha_run, expected=lambda a=args, r=reference: r(*a), compare=tensors(1e-5, 1e-4))
+        yield Case(name, args, run=mha_run, expected=lambda a=args, r=reference: r(*a), compare=tensors(1e-5, 1e-4))
 
 
 class _MHAMistake(nn.Module):
@@ -337,28 +319,6 @@ register(Exercise(
 # ----------------------------------------------------------------------------------------
 # load_gpt2_attention
 # ----------------------------------------------------------------------------------------
-class _Holder(nn.Module):
-    """What the loader fills: ``qkv`` and ``proj`` as nn.Linear, starting at zero."""
-
-    def __init__(self, d):
-        super().__init__()
-        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.zero_()
-
-
-def _load_run(fn, d, n_heads, gpt2_state, x):
-    gpt2 = _gpt2_attention(d, n_heads)
-    with torch.no_grad():
-        for name, value in gpt2_state.items():
-            dict(gpt2.named_parameters())[name].copy_(value)
-    holder = _Holder(d)
-    fn(holder, gpt2)
-    with torch.no_grad():
-        return torch.cat([holder.qkv(x), holder.proj(x)], dim=-1)
-
-
 def _load_ref(d, n_heads, gpt2_state, x):
     gpt2 = _gpt2_attention(d, n_heads)
     with torch.no_grad():
@@ -377,7 +337,7 @@ def _load_cases(hidden: bool):
         state = {"c_attn.weight": torch.randn(d, 3 * d, generator=g), "c_attn.bias": torch.randn(3 * d, generator=g),
                  "c_proj.weight": torch.randn(d, d, generator=g), "c_proj.bias": torch.randn(d, generator=g)}
         x = torch.randn(2, 3, d, generator=g)
-        yield Case(name + ": qkv(x) == c_attn(x) and proj(x) == c_proj(x)", (d, h, state, x), run=_load_run,
+        yield Case(name + ": qkv(x) == c_attn(x) and proj(x) == c_proj(x)", (d, h, state, x), run=load_run,
                    expected=lambda d=d, h=h, s=state, x=x: _load_ref(d, h, s, x), compare=tensors(1e-5, 1e-5))
 
 

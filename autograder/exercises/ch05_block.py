@@ -15,7 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core import Case, Exercise, Mistake, compare_tensors, hidden_seed, inherit, register
+from ..core import Case, Exercise, Mistake, close_tensors, hidden_seed, inherit, register
+from ..drivers.ch05_block import module_run, one_thread
 
 CH = "ch05"
 SOL = "solutions.ch05_block"
@@ -24,55 +25,10 @@ SOL = "solutions.ch05_block"
 # ----------------------------------------------------------------------------------------
 # Shared helpers
 # ----------------------------------------------------------------------------------------
-class ContractError(Exception):
-    """The learner's module does not have the parameters the docstring names."""
-
-
-def load_by_name(module, state: dict[str, torch.Tensor], dtype=torch.float64):
-    """Cast ``module`` to ``dtype`` and copy ``state`` into its parameters, by name."""
-    if not isinstance(module, nn.Module):
-        raise ContractError(f"expected an nn.Module instance, got {type(module).__name__}: subclass nn.Module and "
-                            "call super().__init__() first")
-    module.to(dtype)
-    params = dict(module.named_parameters(remove_duplicate=False))
-    for name, value in state.items():
-        if name not in params:
-            have = ", ".join(params) or "none"
-            raise ContractError(f"your module has no parameter named {name!r} (it has: {have}); "
-                                "name the parameters and sub-modules as the docstring says")
-        if tuple(params[name].shape) != tuple(value.shape):
-            raise ContractError(f"parameter {name!r} has shape {tuple(params[name].shape)}, expected "
-                                f"{tuple(value.shape)}")
-    with torch.no_grad():
-        for name, value in state.items():
-            params[name].copy_(value)
-    return module
-
-
-def one_thread(fn):
-    """Run ``fn`` with one PyTorch thread, then restore the setting.
-
-    Every tensor in these checks is tiny; on a busy machine a second intra-op thread turns
-    each of the thousands of small kernels into a wait for a descheduled peer (a check can
-    go from 0.5 s to 10 s). One thread keeps each check well under the 2 s budget.
-    """
-    if fn is None:
-        return None
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.set_num_threads(threads)
-    return wrapper
-
-
 def case(name, args=(), kwargs=None, run=None, expected=None, **rest) -> Case:
-    """A Case whose run and reference both execute on one thread."""
-    return Case(name, args, kwargs or {}, expected=one_thread(expected), run=one_thread(run), **rest)
+    """A Case whose run and reference both execute on one thread (the drivers of chapters 5
+    and 6 are decorated with ``one_thread`` themselves)."""
+    return Case(name, args, kwargs or {}, expected=one_thread(expected), run=run, **rest)
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -99,19 +55,13 @@ def _linear(g, d_in: int, d_out: int, bias: bool = True, prefix: str = "") -> di
     return state
 
 
-def _module_run(*ctor_args, **ctor_kwargs):
-    """Case.run for a module exercise: build, load weights by name, cast, call on x."""
-    def run(cls, state, x):
-        module = cls(*ctor_args, **ctor_kwargs)
-        load_by_name(module, state, x.dtype)
-        module.eval()
-        with torch.no_grad():
-            return module(x)
-    return run
+def _module_run(*init_args, **init_kwargs):
+    """Case.run for a module exercise: the driver with the constructor's arguments bound."""
+    return functools.partial(module_run, init_args=init_args, init_kwargs=init_kwargs)
 
 
 def _tensors(atol, rtol):
-    return lambda e, g: compare_tensors(e, g, atol=atol, rtol=rtol)
+    return close_tensors(atol=atol, rtol=rtol)
 
 
 # ----------------------------------------------------------------------------------------

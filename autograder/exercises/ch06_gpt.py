@@ -6,22 +6,22 @@ perturbed so that every LayerNorm and bias matters), its logits, its
 ``num_parameters()``, its logits warpers and its greedy ``generate``.
 
 The learner's later exercises (cached attention, cached forward, generate) take a GPT as
-input. The checks hand them a container with the documented attribute names, assembled
-from the earlier chapters' modules (chapter 3 embeddings, chapter 4 attention, chapter 5
-blocks) and loaded with the Hugging Face weights; what they return is compared with
-Hugging Face's own outputs.
+input. The checks hand them a container with the documented attribute names (built by the
+public drivers, ``autograder/drivers/ch06_gpt.py``, from a config and the Hugging Face
+weights under our names); what they return is compared with Hugging Face's own outputs.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ..core import Exercise, Mistake, compare_equal, compare_tensors, hidden_seed, inherit, register
+from ..core import Exercise, Mistake, close_tensors, compare_equal, hidden_seed, inherit, register
+from ..drivers.ch06_gpt import (GraderCache, GraderGPT, cached_attention_run, compare_converted, count_model, count_run,
+                                filtered_sampling_run, forward_run, generate_run, gpt2_config, gpt_run, gpt_tied_run,
+                                sampling_consistency_run, within_top_k)
 from .ch05_block import case
 
 CH = "ch06"
@@ -42,18 +42,6 @@ SPECS = {
 }
 
 
-@dataclasses.dataclass
-class GraderConfig:
-    """The same fields as the chapter's GPTConfig."""
-
-    vocab_size: int
-    block_size: int
-    n_layer: int
-    n_head: int
-    n_embd: int
-    eps: float = 1e-5
-
-
 def _spec(spec: str) -> tuple:
     """SPECS[spec]; "<name>@<seed>" is model <name> with its weights drawn from <seed>."""
     name, _, seed = spec.partition("@")
@@ -64,17 +52,13 @@ def _hidden_spec(ex: str) -> str:
     return f"D@{hidden_seed(ex, 'D')}"
 
 
-def _config(spec) -> GraderConfig:
+def _config(spec) -> dict:
+    """The fields of the chapter's GPTConfig for model ``spec`` (a case input)."""
     _, V, P, d, L, H = _spec(spec)
-    return GraderConfig(vocab_size=V, block_size=P, n_layer=L, n_head=H, n_embd=d)
+    return {"vocab_size": V, "block_size": P, "n_layer": L, "n_head": H, "n_embd": d, "eps": 1e-5}
 
 
-def _hf_config(V, P, d, L, H, **kw):
-    from transformers import GPT2Config
-
-    return GPT2Config(vocab_size=V, n_positions=P, n_embd=d, n_layer=L, n_head=H, bos_token_id=None,
-                      eos_token_id=None, pad_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                      attn_implementation="eager", initializer_range=0.3, **kw)
+_hf_config = gpt2_config
 
 
 @functools.lru_cache(maxsize=None)
@@ -96,14 +80,6 @@ def hf_model(spec: str):
     return model
 
 
-def our_names(n_layer: int) -> list[str]:
-    names = ["embed.tok.weight", "embed.pos.weight"]
-    for i in range(n_layer):
-        for part in ("ln_1", "attn.qkv", "attn.proj", "ln_2", "mlp.fc", "mlp.proj"):
-            names += [f"blocks.{i}.{part}.weight", f"blocks.{i}.{part}.bias"]
-    return names + ["ln_f.weight", "ln_f.bias", "lm_head.weight"]
-
-
 def hf_to_ours(hf) -> dict[str, torch.Tensor]:
     """The grader's own renaming, read straight off the Hugging Face modules."""
     t = hf.transformer
@@ -118,85 +94,28 @@ def hf_to_ours(hf) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone().contiguous() for k, v in sd.items()}
 
 
-class ContractError(Exception):
-    """The learner's model does not have the structure the docstring names."""
-
-
-def load_ours(model, state: dict[str, torch.Tensor]):
-    if not isinstance(model, nn.Module):
-        raise ContractError(f"expected an nn.Module, got {type(model).__name__} (subclass nn.Module and call "
-                            "super().__init__() first)")
-    params = dict(model.named_parameters(remove_duplicate=False))
-    missing = [k for k in state if k not in params]
-    if missing:
-        have = ", ".join(list(params)[:6]) + (", ..." if len(params) > 6 else "") or "none"
-        raise ContractError(f"your model has no parameter named {missing[0]!r} ({len(missing)} of the "
-                            f"{len(state)} expected names are missing; yours start: {have}); use the names of "
-                            "the docstring (embed, blocks, ln_f, lm_head)")
-    for k, v in state.items():
-        if tuple(params[k].shape) != tuple(v.shape):
-            raise ContractError(f"parameter {k!r} has shape {tuple(params[k].shape)}, expected {tuple(v.shape)}")
-    with torch.no_grad():
-        for k, v in state.items():
-            params[k].copy_(v)
-    return model
-
-
-class GraderGPT(nn.Module):
-    """A container with the documented names, built from the earlier chapters' modules."""
-
-    def __init__(self, config):
-        from solutions.ch03_embeddings import TokenAndPositionEmbedding
-        from solutions.ch05_block import Block, LayerNorm
-
-        super().__init__()
-        self.config = config
-        self.embed = TokenAndPositionEmbedding(config.vocab_size, config.block_size, config.n_embd)
-        self.blocks = nn.ModuleList([Block(config.n_embd, config.n_head, config.eps) for _ in range(config.n_layer)])
-        self.ln_f = LayerNorm(config.n_embd, config.eps)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.embed.tok.weight
-
-    def forward(self, idx):
-        x = self.embed(idx)
-        for block in self.blocks:
-            x = block(x)
-        return self.lm_head(self.ln_f(x))
-
-
-def grader_gpt(spec: str) -> GraderGPT:
-    model = GraderGPT(_config(spec))
-    return load_ours(model, hf_to_ours(hf_model(spec))).eval()
-
-
-class GraderCache:
-    """Behaves like the chapter's KVCache: ``length`` and ``update(k, v)``."""
-
-    def __init__(self):
-        self.k = self.v = None
-        self.length = 0
-
-    def update(self, k, v):
-        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
-        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
-        self.length = self.k.shape[2]
-        return self.k, self.v
-
-
 def _prompt(seed: int, B: int, T: int, V: int) -> torch.Tensor:
     return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
 
 
-def _chunks(sizes) -> list[tuple[int, int]]:
-    out, start = [], 0
-    for n in sizes:
-        out.append((start, start + n))
-        start += n
-    return out
+@functools.lru_cache(maxsize=None)
+def _ours(spec: str) -> dict[str, torch.Tensor]:
+    """Model ``spec``'s weights under our names (a case input; the driver copies them in)."""
+    return hf_to_ours(hf_model(spec))
+
+
+def _model(spec: str) -> tuple[dict, dict]:
+    """Model ``spec`` as case inputs: its config and its weights under our names."""
+    return _config(spec), _ours(spec)
+
+
+def _hf_model_data(spec: str) -> dict:
+    """The reference GPT2LMHeadModel as data: its shape and its state dict (``gpt2_model``)."""
+    return {"gpt2": list(_spec(spec)[1:]), "state": {k: v.detach().clone() for k, v in hf_model(spec).state_dict().items()}}
 
 
 def _tensors(atol, rtol):
-    return lambda e, g: compare_tensors(e, g, atol=atol, rtol=rtol)
+    return close_tensors(atol=atol, rtol=rtol)
 
 
 def _hf_logits(spec, idx):
@@ -212,21 +131,6 @@ def _import_hf():
 # ----------------------------------------------------------------------------------------
 # GPT
 # ----------------------------------------------------------------------------------------
-def _gpt_run(cls, spec, idx):
-    model = cls(_config(spec))
-    load_ours(model, hf_to_ours(hf_model(spec)))
-    model.eval()
-    with torch.no_grad():
-        return model(idx)
-
-
-def _gpt_tied_run(cls, spec):
-    model = cls(_config(spec))
-    if not isinstance(model, nn.Module):
-        raise ContractError(f"expected an nn.Module, got {type(model).__name__}")
-    return model.lm_head.weight is model.embed.tok.weight
-
-
 def _gpt_cases(hidden: bool):
     _import_hf()
     specs = [("vocab 120, 2 layers, width 32, 4 heads; 2 sequences of 7 tokens", "A", _prompt(0, 2, 7, 120)),
@@ -236,9 +140,9 @@ def _gpt_cases(hidden: bool):
         specs += [("vocab 300, 2 layers, width 40, 5 heads; 4 sequences of 20 tokens", _hidden_spec("ch06.gpt"),
                    _prompt(hidden_seed("ch06.gpt", 3), 4, 20, 300))]
     for name, spec, idx in specs:
-        yield case(name, (spec, idx), run=_gpt_run, expected=lambda s=spec, i=idx: _hf_logits(s, i),
+        yield case(name, (*_model(spec), idx), run=gpt_run, expected=lambda s=spec, i=idx: _hf_logits(s, i),
                    compare=_tensors(2e-4, 1e-4))
-    yield case("lm_head.weight is embed.tok.weight (tied, one shared Parameter)", ("A",), run=_gpt_tied_run,
+    yield case("lm_head.weight is embed.tok.weight (tied, one shared Parameter)", (_config("A"),), run=gpt_tied_run,
                expected=lambda: True, names="untied")
 
 
@@ -304,60 +208,8 @@ def _convert_cases(hidden: bool):
         specs += [("4 layers, width 48", f"C@{hidden_seed('ch06.convert_gpt2', 'C')}")]
     for name, spec in specs:
         sd = {k: v.detach().clone() for k, v in hf_model(spec).state_dict().items()}
-        yield case(f"GPT2LMHeadModel state dict, {name}", (sd,), expected=lambda s=spec: hf_model(s),
-                   compare=_compare_converted)
-
-
-def _compare_converted(expected, got):
-    if not isinstance(got, dict):
-        return f"expected a dict from names to tensors, got {type(got).__name__}"
-    if isinstance(expected, dict):  # diagnosing: the output of a typical mistake
-        if set(expected) != set(got):
-            return "different names"
-        for k in expected:
-            if compare_tensors(expected[k], got[k], atol=0, rtol=0):
-                return f"{k} differs"
-        return None
-    hf = expected
-    n_layer = len(hf.transformer.h)
-    want = our_names(n_layer)
-    missing = [k for k in want if k not in got]
-    if missing:
-        sample = ", ".join(repr(k) for k in list(got)[:3])
-        return (f"{len(missing)} of the {len(want)} names are missing, e.g. {missing[0]!r} (your names start "
-                f"with {sample})")
-    extra = [k for k in got if k not in want]
-    if extra:
-        return f"{len(extra)} unexpected names, e.g. {extra[0]!r}"
-    for k in want:
-        if not isinstance(got[k], torch.Tensor):
-            return f"{k}: expected a tensor, got {type(got[k]).__name__}"
-    g = torch.Generator().manual_seed(0)
-    for i, h in enumerate(hf.transformer.h):
-        for ours, conv in (("attn.qkv", h.attn.c_attn), ("attn.proj", h.attn.c_proj), ("mlp.fc", h.mlp.c_fc),
-                           ("mlp.proj", h.mlp.c_proj)):
-            w, b = got[f"blocks.{i}.{ours}.weight"], got[f"blocks.{i}.{ours}.bias"]
-            d_in, d_out = conv.weight.shape  # Conv1D: [in, out]
-            if tuple(w.shape) != (d_out, d_in):
-                return (f"blocks.{i}.{ours}.weight has shape {tuple(w.shape)}; an nn.Linear({d_in}, {d_out}) weight is "
-                        f"[out, in] = {(d_out, d_in)}")
-            x = torch.randn(3, d_in, generator=g)
-            with torch.no_grad():
-                problem = compare_tensors(conv(x), F.linear(x, w.to(x.dtype), b.to(x.dtype)), atol=1e-5, rtol=1e-5)
-            if problem:
-                return f"nn.Linear with your blocks.{i}.{ours} weights does not compute what GPT-2's Conv1D does: {problem}"
-        for ln in ("ln_1", "ln_2"):
-            for p in ("weight", "bias"):
-                problem = compare_tensors(getattr(getattr(h, ln), p), got[f"blocks.{i}.{ln}.{p}"], atol=0, rtol=0)
-                if problem:
-                    return f"blocks.{i}.{ln}.{p}: {problem}"
-    t = hf.transformer
-    for k, ref in (("embed.tok.weight", t.wte.weight), ("embed.pos.weight", t.wpe.weight), ("ln_f.weight", t.ln_f.weight),
-                   ("ln_f.bias", t.ln_f.bias), ("lm_head.weight", hf.lm_head.weight)):
-        problem = compare_tensors(ref, got[k], atol=0, rtol=0)
-        if problem:
-            return f"{k}: {problem}"
-    return None
+        yield case(f"GPT2LMHeadModel state dict, {name}", (sd,),
+                   expected=lambda s=spec: ("GPT2LMHeadModel", _hf_model_data(s)["state"]), compare=compare_converted)
 
 
 def _convert_mistake(kind):
@@ -405,37 +257,8 @@ register(Exercise(
 # ----------------------------------------------------------------------------------------
 # count_parameters
 # ----------------------------------------------------------------------------------------
-COUNT_MODELS = {
-    "gpt2-tied": ("gpt2", {}),
-    "gpt2-untied": ("gpt2", {"tie_word_embeddings": False}),
-    "llama": ("llama", {}),
-}
-
-
-def _count_model(kind: str, frozen: bool):
-    from transformers import GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-
-    family, extra = COUNT_MODELS[kind]
-    with torch.random.fork_rng():
-        if family == "gpt2":
-            model = GPT2LMHeadModel(_hf_config(150, 24, 16, 2, 2, **extra))
-        else:
-            model = LlamaForCausalLM(LlamaConfig(vocab_size=90, hidden_size=16, intermediate_size=40, num_hidden_layers=2,
-                                                 num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
-                                                 bos_token_id=0, eos_token_id=0, pad_token_id=0))
-    if frozen:  # e.g. fine-tuning with the embeddings and the first block frozen
-        for name, p in model.named_parameters():
-            if "wte" in name or "wpe" in name or ".0." in name or "embed_tokens" in name:
-                p.requires_grad_(False)
-    return model
-
-
-def _count_run(fn, kind, frozen, only_trainable, exclude_embeddings):
-    return fn(_count_model(kind, frozen), only_trainable=only_trainable, exclude_embeddings=exclude_embeddings)
-
-
 def _count_expected(kind, frozen, only_trainable, exclude_embeddings):
-    return _count_model(kind, frozen).num_parameters(only_trainable=only_trainable, exclude_embeddings=exclude_embeddings)
+    return count_model(kind, frozen).num_parameters(only_trainable=only_trainable, exclude_embeddings=exclude_embeddings)
 
 
 def _count_cases(hidden: bool):
@@ -452,7 +275,7 @@ def _count_cases(hidden: bool):
                   ("frozen GPT-2, only_trainable=False", "gpt2-tied", True, False, False),
                   ("tiny Llama, frozen, only_trainable and exclude_embeddings", "llama", True, True, True)]
     for name, kind, frozen, trainable, exclude in specs:
-        yield case(name, (kind, frozen, trainable, exclude), run=_count_run,
+        yield case(name, (kind, frozen, trainable, exclude), run=count_run,
                    expected=lambda a=(kind, frozen, trainable, exclude): _count_expected(*a), compare=compare_equal)
 
 
@@ -540,8 +363,7 @@ def _hf_top_p(logits, p):
     return TopPLogitsWarper(top_p=p)(None, logits.clone())
 
 
-def _exact(e, g):
-    return compare_tensors(e, g, atol=1e-6, rtol=1e-6)
+_exact = close_tensors(atol=1e-6, rtol=1e-6)
 
 
 def _top_k_cases(hidden: bool):
@@ -725,16 +547,6 @@ def _attn_state(seed, d):
             "proj.bias": 0.2 * torch.randn(d, generator=g, dtype=torch.float64)}
 
 
-def _attn_module(state, d, n_heads):
-    from solutions.ch04_attention import MultiHeadAttention
-
-    attn = MultiHeadAttention(d, n_heads).to(torch.float64).eval()
-    with torch.no_grad():
-        for k, v in state.items():
-            attn.get_parameter(k).copy_(v)
-    return attn
-
-
 def _hf_attention(state, x, n_heads):
     from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
 
@@ -755,20 +567,6 @@ def _hf_attention(state, x, n_heads):
         return ref(x, attention_mask=mask[None, None])[0]
 
 
-def _cached_attention_run(fn, state, n_heads, x, sizes):
-    attn = _attn_module(state, x.shape[-1], n_heads)
-    cache = GraderCache()
-    outs = []
-    for a, b in _chunks(sizes):
-        y = fn(attn, x[:, a:b], cache)
-        if not isinstance(y, torch.Tensor) or tuple(y.shape) != (x.shape[0], b - a, x.shape[2]):
-            shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-            raise ContractError(f"for {b - a} new positions after {a} cached ones, expected a tensor of shape "
-                                f"{(x.shape[0], b - a, x.shape[2])}, got {shape}")
-        outs.append(y)
-    return torch.cat(outs, dim=1)
-
-
 def _cached_attention_cases(hidden: bool):
     _import_hf()
     specs = [("prefill 5 positions, then 3 steps of one (d=16, 2 heads)", 16, 2, (2, 8), [5, 1, 1, 1]),
@@ -784,7 +582,7 @@ def _cached_attention_cases(hidden: bool):
             seeds = tuple(hidden_seed("ch06.cached_attention", s) for s in seeds)
         state = _attn_state(seeds[0], d)
         x = torch.randn(B, T, d, generator=torch.Generator().manual_seed(seeds[1]), dtype=torch.float64)
-        yield case(name, (state, h, x, sizes), run=_cached_attention_run,
+        yield case(name, (state, h, x, sizes), run=cached_attention_run,
                    expected=lambda s=state, x=x, h=h: _hf_attention(s, x, h), compare=_tensors(1e-9, 1e-8))
 
 
@@ -837,21 +635,6 @@ def _ref_cached_attention(attn, x, cache):
     return _cached_attention_mistake("")(attn, x, cache)
 
 
-def _forward_run(fn, spec, idx, sizes):
-    model = grader_gpt(spec)
-    caches = [GraderCache() for _ in model.blocks]
-    outs = []
-    with torch.no_grad():
-        for a, b in _chunks(sizes):
-            y = fn(model, idx[:, a:b], caches)
-            if not isinstance(y, torch.Tensor) or tuple(y.shape) != (idx.shape[0], b - a, model.config.vocab_size):
-                shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-                raise ContractError(f"for {b - a} new tokens, expected logits of shape "
-                                    f"{(idx.shape[0], b - a, model.config.vocab_size)}, got {shape}")
-            outs.append(y)
-    return torch.cat(outs, dim=1)
-
-
 def _forward_cases(hidden: bool):
     _import_hf()
     specs = [("prompt of 6, then 4 tokens one by one (2 layers)", "A", _prompt(30, 2, 10, 120), [6, 1, 1, 1, 1]),
@@ -861,7 +644,7 @@ def _forward_cases(hidden: bool):
         specs += [("prompt 12, then 20 steps (vocab 300)", _hidden_spec("ch06.forward_with_cache"),
                    _prompt(hidden_seed("ch06.forward_with_cache", 33), 3, 32, 300), [12] + [1] * 20)]
     for name, spec, idx, sizes in specs:
-        yield case(name, (spec, idx, sizes), run=_forward_run,
+        yield case(name, (*_model(spec), idx, sizes), run=forward_run,
                    expected=lambda s=spec, i=idx: _hf_logits(s, i), compare=_tensors(2e-4, 1e-4))
 
 
@@ -925,51 +708,6 @@ def _clear_prompt_seed(spec, first_seed, B, T, n_new, margin=1e-2):
     raise RuntimeError("no hidden prompt with a clear greedy continuation")
 
 
-def _generate_run(fn, spec, idx, n_new, use_cache):
-    return fn(grader_gpt(spec), idx, n_new, use_cache=use_cache)
-
-
-def _sampling_consistency_run(fn, spec, idx, n_new):
-    model = grader_gpt(spec)
-    outs = []
-    for use_cache in (True, False):
-        g = torch.Generator().manual_seed(1234)
-        out = fn(model, idx, n_new, temperature=0.9, top_k=20, top_p=0.95, use_cache=use_cache, generator=g)
-        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (idx.shape[0], idx.shape[1] + n_new):
-            raise ContractError("expected a tensor of shape (B, T + max_new_tokens) when sampling")
-        outs.append(out)
-    return bool(torch.equal(outs[0], outs[1]) and torch.equal(outs[0][:, :idx.shape[1]], idx))
-
-
-def _filtered_sampling_run(fn, spec, idx, n_new, top_k, top_p):
-    g = torch.Generator().manual_seed(4321)
-    return fn(grader_gpt(spec), idx, n_new, temperature=1.0, top_k=top_k, top_p=top_p, use_cache=True, generator=g)
-
-
-def _within_top_k(spec, prompt_len, k):
-    """compare() for a sampled sequence: every new token is among the k most likely ones
-    given the tokens before it (the grader recomputes the logits with the reference model)."""
-    def compare(expected, got):
-        if not isinstance(got, torch.Tensor) or got.dim() != 2 or got.shape[1] <= prompt_len:
-            return f"expected a (B, T + max_new_tokens) tensor of token ids, got {_fmt_obj(got)}"
-        got = got.long()
-        with torch.no_grad():
-            logits = hf_model(spec)(got[:, :-1]).logits
-        kth = logits.topk(k, dim=-1).values[..., -1:]
-        ranks_ok = logits.gather(-1, got[:, 1:, None]) >= kth
-        bad = (~ranks_ok[:, prompt_len - 1:, 0]).nonzero()
-        if bad.numel():
-            b, t = (int(v) for v in bad[0])
-            return (f"{bad.shape[0]} sampled token(s) are outside the top {k}; first in row {b} at new position {t} "
-                    f"(token {int(got[b, prompt_len + t])}): top_k must remove every other token before sampling")
-        return None
-    return compare
-
-
-def _fmt_obj(x):
-    return f"{type(x).__name__} of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-
-
 def _generate_cases(hidden: bool):
     _import_hf()
     specs = [("greedy with the cache, 2 prompts of 5 tokens, 12 new (2 layers)", "A", 40, 2, 5, 12, True),
@@ -983,23 +721,22 @@ def _generate_cases(hidden: bool):
                    _clear_prompt_seed(d_spec, hidden_seed("ch06.generate", 43), 3, 6, 10), 3, 6, 10, False)]
     for name, spec, seed, B, T, n_new, use_cache in specs:
         idx = _prompt(seed, B, T, _spec(spec)[1])
-        yield case(name, (spec, idx, n_new, use_cache), run=_generate_run,
-                   expected=lambda a=(spec, seed, B, T, n_new): _hf_generate_cached(*a),
-                   compare=lambda e, g: compare_tensors(e, g, atol=0, rtol=0))
+        yield case(name, (*_model(spec), idx, n_new, use_cache), run=generate_run,
+                   expected=lambda a=(spec, seed, B, T, n_new): _hf_generate_cached(*a), compare=_tensors(0, 0))
     yield case("sampling (T=0.9, top-k 20, top-p 0.95) with a seeded generator: the cache changes nothing",
-               ("A", _prompt(44, 2, 4, 120), 10), run=_sampling_consistency_run, expected=lambda: True)
+               (*_model("A"), _prompt(44, 2, 4, 120), 10), run=sampling_consistency_run, expected=lambda: True)
     # Filters that leave one token make sampling greedy: a generate that ignores them samples freely.
     yield case("sampling with top_k=1 picks the most likely token every time (= greedy)",
-               ("A", _prompt(45, 2, 4, 120), 10, 1, None), run=_filtered_sampling_run,
-               expected=lambda: _hf_generate_cached("A", 45, 2, 4, 10),
-               compare=lambda e, g: compare_tensors(e, g, atol=0, rtol=0), names="filters-ignored")
+               (*_model("A"), _prompt(45, 2, 4, 120), 10, 1, None), run=filtered_sampling_run,
+               expected=lambda: _hf_generate_cached("A", 45, 2, 4, 10), compare=_tensors(0, 0), names="filters-ignored")
     yield case("sampling with top_p=1e-9 keeps only the most likely token (= greedy)",
-               ("A", _prompt(46, 2, 4, 120), 10, None, 1e-9), run=_filtered_sampling_run,
-               expected=lambda: _hf_generate_cached("A", 46, 2, 4, 10),
-               compare=lambda e, g: compare_tensors(e, g, atol=0, rtol=0), names="filters-ignored")
+               (*_model("A"), _prompt(46, 2, 4, 120), 10, None, 1e-9), run=filtered_sampling_run,
+               expected=lambda: _hf_generate_cached("A", 46, 2, 4, 10), compare=_tensors(0, 0), names="filters-ignored")
+    # The grader recomputes the logits of the sampled sequence with the reference model.
     yield case("sampling with top_k=5, 4 rows x 24 tokens: every sampled token is among the 5 most likely",
-               ("A", _prompt(47, 4, 3, 120), 24, 5, None), run=_filtered_sampling_run, expected=lambda: None,
-               compare=_within_top_k("A", 3, 5), names="filters-ignored")
+               (*_model("A"), _prompt(47, 4, 3, 120), 24, 5, None), run=filtered_sampling_run,
+               expected=lambda: _hf_model_data("A"), compare=functools.partial(within_top_k, prompt_len=3, k=5),
+               names="filters-ignored")
 
 
 def _generate_mistake(kind):
