@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.test-tools
 
-.PHONY: venv book book-quick test test-tools nbgrader clean
+.PHONY: venv book book-quick book-check test test-tools nbgrader clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,13 @@ book: $(STAMP)
 book-quick: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m coursetools book --quick
 
+# The built book in headless chromium (Debian's package) driven by Playwright: pages, math,
+# figures, hints, search, code-box width (docs/book.md). A second `make book` reuses the
+# cached chapter runs, so this costs a full build only the first time.
+book-check: book
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests/test_book_config.py tests/test_book_widths.py tests/test_book_browser.py
+
 # The tests also need what the trusted grader's tests use: bubblewrap for its sandbox (a
 # Debian package; without it the sandbox falls back to rlimits and a clean environment, and
 # says so), JupyterHub and configurable-http-proxy for the hub round trip, PostgreSQL and
@@ -38,6 +45,8 @@ test: $(STAMP) $(TEST_STAMP)
 test-tools: $(TEST_STAMP)
 
 $(TEST_STAMP): $(STAMP) requirements-hub.txt tests/hub/setup.sh
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "chromium could not be installed: tests/test_book_browser.py will skip"
 	command -v bwrap >/dev/null || { apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; } \
 	  || echo "bubblewrap could not be installed: the trusted grader runs in basic isolation, which refuses to grade where its unprivileged user cannot reach Python"
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; } \

@@ -8,11 +8,16 @@ Public API:
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
 from .core import (Case, CheckResult, Exercise, GradeResult, Mistake, catalogue, compare_equal,
                    compare_float, compare_tensors, get, grade, hidden_seed, inherit, register)
+
+# peft imports bitsandbytes when it is installed, which logs a warning about an optional CPU
+# kernel on some machines: not something a learner's check output should show.
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 __all__ = ["catalogue", "grade", "check", "fallback", "quick", "Exercise", "Case", "Mistake",
            "GradeResult", "CheckResult", "register", "get", "compare_tensors", "compare_equal",

@@ -5,11 +5,23 @@ Outputs (all generated, never edited by hand):
     nbgrader/source/<slug>/<slug>.ipynb     nbgrader source (solutions + hidden tests)
     build/solutions/<slug>.ipynb            solution edition, executed
     _toc.yml                                the book's table of contents
+    chapters/run_times.json                 the run time of each chapter's last full reference run
+
+The reference run executes each chapter's solution edition in a fresh kernel, in a
+temporary folder outside the repository (so a chapter that needs a file from the
+repository fails here, as it would for a reader), with no cell timeout. Its result is
+cached per chapter in build/cache/: a chapter runs again only when its code cells, the
+course modules they import, its exercise declarations, models/ or requirements.txt change.
 """
 from __future__ import annotations
 
+import ast
+import datetime
+import hashlib
+import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,14 +35,28 @@ CHAPTERS_DIR = ROOT / "chapters"
 NBGRADER_SOURCE = ROOT / "nbgrader" / "source"
 SOLUTIONS_OUT = ROOT / "build" / "solutions"
 TOC = ROOT / "_toc.yml"
+CACHE_DIR = ROOT / "build" / "cache"
+RUN_TIMES = notebooks.RUN_TIMES
+LOCAL_PACKAGES = ("autograder", "solutions", "grading", "coursetools")
 
 LEVELS = {1: "Level 1 - Beginner: what is an LLM?", 2: "Level 2 - Intermediate: inside the Transformer",
           3: "Level 3 - Advanced: architectures and techniques", 4: "Level 4 - Cutting-edge"}
 
 
-def repo_url() -> str:
+def repository() -> tuple[str, str]:
+    """(url, branch) of ``_config.yml``'s ``repository``: the one publishing setting (the
+    url is empty until the book has a public repository; see coursetools.book)."""
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
-    return config.get("repository", {}).get("url", "")
+    repo = config.get("repository") or {}
+    url = (repo.get("url") or "").strip()
+    if url:
+        from .book import check_repository_url
+        check_repository_url(url)
+    return url, str(repo.get("branch") or "main")
+
+
+def repo_url() -> str:
+    return repository()[0]
 
 
 def student_path(ch: Chapter) -> Path:
@@ -51,19 +77,221 @@ def toc_text(all_chapters: list[Chapter]) -> str:
         toc, sort_keys=False)
 
 
-def execute(nb: nbformat.NotebookNode, cwd: Path, timeout: int = 1200) -> float:
-    """Run a notebook in a fresh kernel; a cell that raises stops it and raises here."""
+def execute(nb: nbformat.NotebookNode, cwd: Path, timeout: int | None = None) -> float:
+    """Run a notebook in a fresh kernel; a cell that raises stops it and raises here.
+
+    No cell timeout by default: the chapters bound their loops by steps, and a fixed limit
+    breaks the build on a machine that is a few times slower than usual. Output that arrives
+    late is waited for (a busy machine delays it), never dropped.
+    """
     from nbclient import NotebookClient
 
     # Progress bars are for people running the notebook; the saved pages state run times instead.
     os.environ["TQDM_DISABLE"] = "1"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # OpenMP threads that wait for work by sleeping, not spinning: on a machine shared with
+    # other jobs, spinning threads made training loops several times slower (10 steps of
+    # chapter 6's model: 90 s spinning, 13 s sleeping, at load average 14 on 2 cores).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     t0 = time.perf_counter()
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=False,
-                            resources={"metadata": {"path": str(cwd)}})
+    client = NotebookClient(nb, timeout=timeout, startup_timeout=600, iopub_timeout=300,
+                            raise_on_iopub_timeout=True, kernel_name="python3", allow_errors=False,
+                            record_timing=True, resources={"metadata": {"path": str(cwd)}})
     client.execute()
     return time.perf_counter() - t0
+
+
+def _module_files(name: str) -> list[Path]:
+    """The files of a course module and of its parent packages (none for other modules)."""
+    parts = name.split(".")
+    if parts[0] not in LOCAL_PACKAGES:
+        return []
+    files = []
+    for i in range(1, len(parts) + 1):
+        base = ROOT.joinpath(*parts[:i])
+        for candidate in (base / "__init__.py", base.with_suffix(".py")):
+            if candidate.exists():
+                files.append(candidate)
+                break
+    return files
+
+
+def _imports(source: str, module: str = "") -> set[str]:
+    """The modules a piece of code imports (relative imports resolved against ``module``)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:  # IPython syntax in a cell: nothing the cache can follow
+        return set()
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                pkg = module.split(".")[: -node.level] if module else []
+                base = ".".join(pkg + ([base] if base else []))
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names)  # `from pkg import submodule`
+    return found
+
+
+def local_sources(nb: nbformat.NotebookNode, ch: Chapter) -> list[Path]:
+    """The course files a chapter's run depends on: the course modules its code cells import,
+    transitively, and its exercise declarations (loaded by name by its check cells)."""
+    todo = set()
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            todo |= _imports(cell.source)
+    todo |= {f"autograder.exercises.{ch.slug}", f"autograder.drivers.{ch.slug}", ch.solutions}
+    seen: dict[Path, None] = {}
+    done = set()
+    while todo:
+        name = todo.pop()
+        if name in done:
+            continue
+        done.add(name)
+        for path in _module_files(name):
+            if path in seen:
+                continue
+            seen[path] = None
+            mod = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            mod = mod[: -len(".__init__")] if mod.endswith(".__init__") else mod
+            package = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
+            todo |= _imports(path.read_text(encoding="utf-8"), package + ".x")
+    return sorted(seen)
+
+
+def cache_key(nb: nbformat.NotebookNode, ch: Chapter, quick: bool) -> str:
+    """What a chapter's run depends on, hashed: its code cells (not its prose, which carries
+    the measured run time), the course files they use, models/, the pinned requirements,
+    Python's version and the mode."""
+    h = hashlib.sha256()
+    h.update(f"{sys.version}\nquick={quick}\n{FIGURE_TEXT}\n".encode())
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            h.update(json.dumps([cell.source, cell.metadata.get("tags", [])]).encode())
+    extra = [ROOT / "requirements.txt", *sorted((ROOT / "models").glob("*"))]
+    for path in local_sources(nb, ch) + [p for p in extra if p.is_file()]:
+        h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _seconds(cell: nbformat.NotebookNode) -> float:
+    meta = cell.get("metadata", {}).get("execution", {})
+    start, end = meta.get("iopub.execute_input"), meta.get("shell.execute_reply")
+    if not (start and end):
+        return 0.0
+    parse = datetime.datetime.fromisoformat
+    return (parse(end.replace("Z", "+00:00")) - parse(start.replace("Z", "+00:00"))).total_seconds()
+
+
+def run_record(nb: nbformat.NotebookNode, seconds: float, load: float) -> dict:
+    """What run_times.json keeps about one full run of a chapter."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"seconds": round(seconds, 1),
+            "longest_cell_seconds": round(max((_seconds(c) for c in nb.cells if c.cell_type == "code"),
+                                              default=0.0), 1),
+            "cores": cores, "load_average": round(load, 1), "busy": load > 1.5 * cores,
+            "date": datetime.date.today().isoformat()}
+
+
+def save_run_time(slug: str, record: dict, path: Path | None = None) -> None:
+    path = RUN_TIMES if path is None else path
+    times = notebooks.load_run_times(path)  # read again: another chapter may have finished meanwhile
+    times[slug] = record
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(dict(sorted(times.items())), indent=1) + "\n")
+    tmp.replace(path)
+
+
+# Run first, in the reference run only: a figure's plain-text form names what it shows
+# (titles, axis labels) instead of "<Figure size 640x480 with 1 Axes>". The book uses it as
+# the image's alt text (see describe_figures).
+FIGURE_TEXT = '''\
+import matplotlib.figure
+
+
+def _describe_figure(fig, printer, cycle):
+    parts = []
+    if fig._suptitle is not None and fig._suptitle.get_text():
+        parts.append(fig._suptitle.get_text())
+    for ax in fig.axes:
+        title = " ".join(t for t in (ax.get_title("left"), ax.get_title(), ax.get_title("right")) if t)
+        axes = " against ".join(t for t in (ax.get_ylabel(), ax.get_xlabel()) if t)
+        if title or axes:
+            parts.append(f"{title} ({axes})" if title and axes else title or axes)
+    text = "; ".join(" ".join(p.split()) for p in parts)
+    printer.text(f"Figure: {text}" if text else repr(fig))
+
+
+# The inline backend drops the formatters registered for figures; a method stays.
+matplotlib.figure.Figure._repr_pretty_ = _describe_figure
+del _describe_figure'''
+FIGURE_PREFIX = "Figure: "
+
+
+def describe_figures(nb: nbformat.NotebookNode) -> int:
+    """Give the figures of an executed notebook their descriptions as alt text (MyST-NB reads
+    it from the cell's ``mystnb.image.alt``; a cell with several figures describes them all);
+    return how many figures have no description."""
+    missing = 0
+    for cell in nb.cells:
+        described = []
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if not any(k.startswith("image/") for k in data):
+                continue
+            text = data.get("text/plain", "")
+            text = "".join(text) if isinstance(text, list) else text
+            if text.startswith(FIGURE_PREFIX):
+                described.append(text[len(FIGURE_PREFIX):])
+            else:
+                missing += 1
+        if described:
+            cell.metadata["mystnb"] = {"image": {"alt": "; ".join(described)}}
+    return missing
+
+
+def run_chapter(ch: Chapter, solution: nbformat.NotebookNode, quick: bool, force: bool = False,
+                log=print) -> tuple[nbformat.NotebookNode, dict | None]:
+    """The executed solution edition of a chapter, from the cache when its key matches;
+    with the run's record when it really ran in full mode."""
+    key = cache_key(solution, ch, quick)
+    cached = CACHE_DIR / f"{ch.slug}{'.quick' if quick else ''}.ipynb"
+    if not force and cached.exists():
+        nb = nbformat.read(cached, as_version=4)
+        if nb.metadata.get("course", {}).get("cache_key") == key and len(nb.cells) == len(solution.cells):
+            log(f"  {ch.slug}: unchanged since its last run (cached)")
+            return nb, None
+    log(f"executing {ch.slug}{' (quick)' if quick else ''} outside the repository ...")
+    load = 0.0
+    hook = nbformat.v4.new_code_cell(FIGURE_TEXT)
+    hook.id = "course-figure-text"
+    solution.cells.insert(0, hook)
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"{ch.slug}-") as tmp:
+            seconds = execute(solution, Path(tmp))
+            if hasattr(os, "getloadavg"):
+                load = os.getloadavg()[1]  # the last 5 minutes
+    finally:
+        solution.cells.pop(0)
+        for cell in solution.cells:
+            if cell.cell_type == "code" and cell.get("execution_count"):
+                cell.execution_count -= 1
+    if describe_figures(solution):
+        log(f"  {ch.slug}: a figure has no title or axis label to describe it (alt text)")
+    problems = errors_in(solution)
+    if problems:
+        raise RuntimeError(f"{ch.slug}: errors in the reference run: {problems}")
+    solution.metadata.setdefault("course", {})["cache_key"] = key
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    nbformat.write(solution, cached)
+    record = run_record(solution, seconds, load)
+    log(f"  {ch.slug}: executed in {seconds:.1f} s (longest cell {record['longest_cell_seconds']:.0f} s,"
+        f" load average {load:.1f})")
+    return solution, (None if quick else record)
 
 
 def errors_in(nb: nbformat.NotebookNode) -> list[str]:
@@ -85,28 +313,34 @@ def _transfer_outputs(src: nbformat.NotebookNode, dst: nbformat.NotebookNode) ->
             # Progress-bar widgets have no saved state: a static page would show a dead bar.
             d.outputs = [o for o in s.outputs if WIDGET not in o.get("data", {})]
             d.execution_count = s.execution_count
+            if "mystnb" in s.metadata:  # how the book renders the outputs (figures' alt text)
+                d.metadata["mystnb"] = s.metadata["mystnb"]
 
 
-def generate(names: list[str] | None = None, run: bool = False, log=print) -> dict[str, float]:
-    """Write every generated file; with ``run``, execute the chapters and keep their outputs."""
-    url = repo_url()
+def generate(names: list[str] | None = None, run: bool = False, log=print, force: bool = False,
+             ) -> dict[str, float]:
+    """Write every generated file; with ``run``, execute the chapters (cached, see
+    ``run_chapter``) and keep their outputs. A full run (not ``COURSE_QUICK``) records each
+    chapter's run time in ``chapters/run_times.json``, which the pages then state."""
+    url, branch = repository()
+    quick = bool(os.environ.get("COURSE_QUICK"))
     all_chapters = chapters()
     TOC.write_text(toc_text(all_chapters))
     timings: dict[str, float] = {}
     for ch in all_chapters:
         if names and ch.slug not in names and ch.chapter not in names:
             continue
-        student = notebooks.build(ch, "student", url)
-        source = notebooks.build(ch, "nbgrader", url)
-        solution = notebooks.build(ch, "solution", url)
+        solution = notebooks.build(ch, "solution", url, branch)
         if run:
-            log(f"executing {ch.slug} ...")
-            timings[ch.slug] = execute(solution, CHAPTERS_DIR)
-            problems = errors_in(solution)
-            if problems:
-                raise RuntimeError(f"{ch.slug}: errors in the reference run: {problems}")
+            solution, record = run_chapter(ch, solution, quick, force=force, log=log)
+            if record is not None:
+                save_run_time(ch.slug, record)
+                timings[ch.slug] = record["seconds"]
+        # Built after the run: their prose states the run time just measured.
+        student = notebooks.build(ch, "student", url, branch)
+        source = notebooks.build(ch, "nbgrader", url, branch)
+        if run:
             _transfer_outputs(solution, student)
-            log(f"  {ch.slug}: executed in {timings[ch.slug]:.1f} s")
         elif student_path(ch).exists():
             # Keep the outputs of the last reference run when only the sources are regenerated.
             old = nbformat.read(student_path(ch), as_version=4)
@@ -114,9 +348,17 @@ def generate(names: list[str] | None = None, run: bool = False, log=print) -> di
                 _transfer_outputs(old, student)
         for path, nb in ((student_path(ch), student), (nbgrader_path(ch), source),
                          (SOLUTIONS_OUT / f"{ch.slug}.ipynb", solution)):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            nbformat.write(nb, path)
+            _write_if_changed(nb, path)
     return timings
+
+
+def _write_if_changed(nb: nbformat.NotebookNode, path: Path) -> None:
+    """Write a notebook unless the file already holds it (an unchanged file keeps its date)."""
+    text = nbformat.writes(nb) + "\n"
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
 
 
 def _rel(path: Path) -> str:
@@ -128,7 +370,7 @@ def _rel(path: Path) -> str:
 
 def stale() -> list[str]:
     """Committed generated files that no longer match their sources."""
-    url = repo_url()
+    url, branch = repository()
     all_chapters = chapters()
     problems = []
     if not TOC.exists() or TOC.read_text() != toc_text(all_chapters):
@@ -139,7 +381,7 @@ def stale() -> list[str]:
             if not path.exists():
                 problems.append(f"{rel} (missing)")
                 continue
-            want = notebooks.comparable(notebooks.build(ch, edition, url))
+            want = notebooks.comparable(notebooks.build(ch, edition, url, branch))
             have = notebooks.comparable(nbformat.read(path, as_version=4))
             if want != have:
                 problems.append(str(rel))
@@ -158,19 +400,23 @@ def stale() -> list[str]:
     return problems
 
 
-def build_book(quick: bool = False, log=print) -> int:
-    """Execute every chapter (the full run unless ``quick``), then build the static book."""
+def build_book(quick: bool = False, force: bool = False, log=print) -> int:
+    """Execute every chapter (the full run unless ``quick``; cached per chapter unless
+    ``force``), then build the static book into _build/html."""
     import subprocess
 
     env_quick = os.environ.get("COURSE_QUICK")
     if quick:
         os.environ["COURSE_QUICK"] = "1"
+    t0 = time.perf_counter()
     try:
-        timings = generate(run=True, log=log)
+        timings = generate(run=True, log=log, force=force)
     finally:
         if env_quick is None:
             os.environ.pop("COURSE_QUICK", None)
-    log("chapter run times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    if timings:
+        log("chapter run times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    log(f"chapters ready in {time.perf_counter() - t0:.0f} s")
     jb = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(jb), "build", str(ROOT), "--all", "-W", "--keep-going"]
     log(" ".join(cmd))

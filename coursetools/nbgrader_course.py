@@ -46,6 +46,8 @@ def vendor(dest: Path, chapter_number: int) -> None:
     for path in sorted((ROOT / "solutions").glob("ch[0-9][0-9]_*.py")):
         if int(path.name[2:4]) < chapter_number:
             shutil.copy2(path, sol / path.name)
+    if chapter_number >= 7:  # chapter 7's pretrained model, loaded from chapter 7 on
+        shutil.copytree(ROOT / "models", dest / "models", dirs_exist_ok=True)
 
 
 def publish(release_dir: Path, chapter_id: str) -> Path:

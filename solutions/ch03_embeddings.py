@@ -16,15 +16,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-# ----------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Exercises
-# ----------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 def embed_onehot(ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Look up the rows of ``weight`` for ``ids``, written as a one-hot matrix product.
 
     ids: int64 tensor of any shape (...), every id in [0, V).
     weight: float tensor (V, d), one row per token.
-    Returns a tensor (..., d) with ``out[..., :] = weight[ids[...], :]``, in weight's dtype,
+    Returns a tensor (..., d) with ``out[..., :] = weight[ids[...], :]``, in weight's
+    dtype,
     computed as ``one_hot(ids, V) @ weight`` so that the gradient flows to ``weight``
     exactly as it does through ``nn.Embedding``.
     """
@@ -56,8 +57,10 @@ class TokenAndPositionEmbedding(nn.Module):
 
     TokenAndPositionEmbedding(vocab_size, n_positions, d_model) has two attributes,
         tok: nn.Embedding(vocab_size, d_model)   one row per token id
-        pos: nn.Embedding(n_positions, d_model)  one row per position 0 .. n_positions - 1
-    forward(ids: (B, T) int64, T <= n_positions) -> (B, T, d_model): the embedding of the
+        pos: nn.Embedding(n_positions, d_model)  one row per position 0 .. n_positions -
+        1
+    forward(ids: (B, T) int64, T <= n_positions) -> (B, T, d_model): the embedding of
+    the
     token at position t plus the embedding of position t.
     """
 
@@ -70,10 +73,13 @@ class TokenAndPositionEmbedding(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids: (B, T) int64 -> (B, T, d_model)."""
         positions = torch.arange(ids.shape[-1], device=ids.device)  # (T,)
-        return self.tok(ids) + self.pos(positions)  # (B, T, d) + (T, d) broadcasts over B
+        # (B, T, d) + (T, d) broadcasts over B
+        return self.tok(ids) + self.pos(positions)
 
 
-def apply_rope(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+def apply_rope(
+    x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0
+) -> torch.Tensor:
     """Rotary position embedding (Su et al. 2021) in the half-split convention of Llama.
 
     x: (..., T, d) float, d even: queries or keys, e.g. (B, n_heads, T, d_head).
@@ -87,19 +93,22 @@ def apply_rope(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) 
     """
     d = x.shape[-1]
     dtype = torch.promote_types(x.dtype, torch.float32)
-    theta = base ** (-torch.arange(0, d, 2, dtype=dtype) / d)  # (d/2,): from 1 down to about 1/base
+    # (d/2,): from 1 down to about 1/base
+    theta = base ** (-torch.arange(0, d, 2, dtype=dtype) / d)
     angle = positions.to(dtype)[:, None] * theta  # (T, d/2)
-    angle = torch.cat([angle, angle], dim=-1)  # (T, d): dims i and i + d/2 share an angle
+    # (T, d): dims i and i + d/2 share an angle
+    angle = torch.cat([angle, angle], dim=-1)
     x1, x2 = x[..., : d // 2], x[..., d // 2:]
     rotated_half = torch.cat([-x2, x1], dim=-1)  # the 90-degree turn of every pair
     return (x * angle.cos() + rotated_half * angle.sin()).to(x.dtype)
 
 
-# ----------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Used by the chapter's experiments (provided)
-# ----------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 def rope_interleaved_to_half(x: torch.Tensor) -> torch.Tensor:
-    """Reorder the last dimension from GPT-J's pairs (0, 1), (2, 3), ... to Llama's halves.
+    """Reorder the last dimension from GPT-J's pairs (0, 1), (2, 3), ... to Llama's
+    halves.
 
     Channel 2i goes to position i and channel 2i + 1 to position i + d/2, so that
     ``apply_rope`` on the reordered vector equals the interleaved rotation, reordered.
@@ -117,7 +126,8 @@ def pca_2d(points: torch.Tensor) -> torch.Tensor:
 
 
 def character_data(max_chars: int | None = None) -> tuple[torch.Tensor, list[str]]:
-    """Shakespeare as character ids: (ids (N,) int64, vocabulary sorted by code point)."""
+    """Shakespeare as character ids: (ids (N,) int64, vocabulary sorted by code
+    point)."""
     from solutions.ch01_next_token import shakespeare_text
 
     text = shakespeare_text(max_chars)

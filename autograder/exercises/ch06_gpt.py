@@ -723,7 +723,7 @@ def _generate_cases(hidden: bool):
         idx = _prompt(seed, B, T, _spec(spec)[1])
         yield case(name, (*_model(spec), idx, n_new, use_cache), run=generate_run,
                    expected=lambda a=(spec, seed, B, T, n_new): _hf_generate_cached(*a), compare=_tensors(0, 0))
-    yield case("sampling (T=0.9, top-k 20, top-p 0.95) with a seeded generator: the cache changes nothing",
+    yield case("sampling (T=0.9, top-k 20, top-p 0.95), seeded: the cache changes nothing",
                (*_model("A"), _prompt(44, 2, 4, 120), 10), run=sampling_consistency_run, expected=lambda: True)
     # Filters that leave one token make sampling greedy: a generate that ignores them samples freely.
     yield case("sampling with top_k=1 picks the most likely token every time (= greedy)",
@@ -733,7 +733,7 @@ def _generate_cases(hidden: bool):
                (*_model("A"), _prompt(46, 2, 4, 120), 10, None, 1e-9), run=filtered_sampling_run,
                expected=lambda: _hf_generate_cached("A", 46, 2, 4, 10), compare=_tensors(0, 0), names="filters-ignored")
     # The grader recomputes the logits of the sampled sequence with the reference model.
-    yield case("sampling with top_k=5, 4 rows x 24 tokens: every sampled token is among the 5 most likely",
+    yield case("top_k=5, 4 rows x 24 tokens: every sampled token is among the 5 most likely",
                (*_model("A"), _prompt(47, 4, 3, 120), 24, 5, None), run=filtered_sampling_run,
                expected=lambda: _hf_model_data("A"), compare=functools.partial(within_top_k, prompt_len=3, k=5),
                names="filters-ignored")

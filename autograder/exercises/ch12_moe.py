@@ -807,7 +807,7 @@ def _dispatch_wrong(kind):
 
 
 register(Exercise(
-    id="ch12.dispatch_sorted", chapter=CH, title="Efficient dispatch: sort by expert, one matmul per expert",
+    id="ch12.dispatch_sorted", chapter=CH, title="Efficient dispatch: sort by expert, one matmul each",
     points=2, name="dispatch_sorted",
     signature="dispatch_sorted(x: Tensor[N, H], index: LongTensor[N, k], weights: Tensor[N, k], gate_up_proj: "
               "Tensor[E, 2I, H], down_proj: Tensor[E, H, I]) -> Tensor[N, H]",
