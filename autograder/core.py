@@ -609,6 +609,33 @@ def close_floats(atol: float = 1e-6, rtol: float = 1e-5):
     return functools.partial(compare_float, atol=atol, rtol=rtol)
 
 
+@contextlib.contextmanager
+def single_thread():
+    """Run the block (or, as ``@single_thread()``, the function) on one PyTorch thread.
+
+    The checks' tensors are tiny; on a busy machine a second intra-op thread turns each of
+    thousands of small kernels into a wait for a descheduled peer (a check can go from 0.5 s
+    to 10 s). One thread keeps each check well under its budget."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def one_thread(fn):
+    """``fn`` run under ``single_thread()`` (None stays None)."""
+    if fn is None:
+        return None
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with single_thread():
+            return fn(*args, **kwargs)
+    return wrapper
+
+
 def default_compare(expected: Any, got: Any) -> str | None:
     if isinstance(expected, torch.Tensor):
         return compare_tensors(expected, got)

@@ -23,8 +23,9 @@ import torch
 
 from autograder import core
 
-from . import codec, sandbox
-from autograder import public
+from autograder import codec, public
+
+from . import sandbox
 from .program import NotebookError, build_program, load_source, read_submission, source_role
 from .static import analyse
 

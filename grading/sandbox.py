@@ -210,7 +210,6 @@ def build_bundle(dest: Path, chapter_number: int, solutions_dirs: list[Path]) ->
     # builders) and the contracts stay with the grader.
     shutil.copytree(Path(autograder.__file__).parent, dest / "autograder", ignore=_PRIVATE, dirs_exist_ok=True)
     shutil.copy2(HERE / "sandbox_child.py", dest / "sandbox_child.py")
-    shutil.copy2(Path(autograder.__file__).parent / "codec.py", dest / "_grading_codec.py")
     lib = dest / "course_lib" / "solutions"
     lib.mkdir(parents=True, exist_ok=True)
     (lib / "__init__.py").write_text("")

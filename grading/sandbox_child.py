@@ -274,11 +274,10 @@ def main(job_path: str, out_dir: str) -> int:
     extra = job.get("extra_path")
     if extra:  # the earlier chapters' solution modules, which a release ships (cases may use them too)
         sys.path.insert(1, extra)
-    import _grading_codec as codec
-
     ag = _load_private_autograder()
     core = sys.modules["_ag.core"]
     public = sys.modules["_ag.public"]
+    codec = sys.modules["_ag.codec"]
 
     # -- the cases, as the grader sent them (names, inputs, public drivers) ---------------
     # The bundle holds no declaration, reference or hidden case: the grader built the
@@ -342,7 +341,7 @@ def main(job_path: str, out_dir: str) -> int:
 
     # -- hide the bundle -------------------------------------------------------------
     for name in list(sys.modules):
-        if name == "_ag" or name.startswith("_ag.") or name in ("_grading_codec", "autograder") \
+        if name == "_ag" or name.startswith("_ag.") or name == "autograder" \
                 or name.startswith("autograder."):
             del sys.modules[name]
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != BUNDLE]

@@ -26,8 +26,7 @@ import sys
 
 ALLOWED_AUTOGRADER = {"autograder", "autograder.check", "autograder.fallback", "autograder.quick"}
 INTROSPECTION_MODULES = ("gc", "inspect", "ctypes", "cffi", "importlib", "builtins", "__builtin__", "pickle",
-                         "_pickle", "marshal", "dill", "cloudpickle", "code", "codeop", "types", "_ag",
-                         "_grading_codec", "sandbox_child", "atexit", "_thread", "faulthandler", "tracemalloc",
+                         "_pickle", "marshal", "dill", "cloudpickle", "code", "codeop", "types", "_ag", "sandbox_child", "atexit", "_thread", "faulthandler", "tracemalloc",
                          "timeit", "runpy", "doctest", "pdb", "bdb", "trace", "cProfile", "profile", "IPython",
                          "ipykernel", "jupyter_client", "zipimport", "pkgutil", "copyreg", "weakref", "_weakref")
 # Parts of torch that run or swap code behind a call (dispatch hooks, operator registries).

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from grading import codec, sandbox
+from autograder import codec
+from grading import sandbox
 from grading.batch import grade_assignment
 from grading.grader import RUN_SECRET, TrustedGrader, case_plan, trusted_cases
 from grading.nbgrader_step import Course

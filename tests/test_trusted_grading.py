@@ -7,7 +7,7 @@ import nbformat
 import pytest
 import torch
 
-from grading import codec
+from autograder import codec
 from grading.program import build_program, load_source, read_submission, NotebookError
 from grading.static import analyse
 

@@ -8,10 +8,10 @@ checks on one thread too (``one_thread``).
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn as nn
+
+from ..core import one_thread
 
 
 class ContractError(Exception):
@@ -37,27 +37,6 @@ def load_by_name(module, state: dict[str, torch.Tensor], dtype=torch.float64):
         for name, value in state.items():
             params[name].copy_(value)
     return module
-
-
-def one_thread(fn):
-    """Run ``fn`` with one PyTorch thread, then restore the setting.
-
-    Every tensor in these checks is tiny; on a busy machine a second intra-op thread turns
-    each of the thousands of small kernels into a wait for a descheduled peer (a check can
-    go from 0.5 s to 10 s). One thread keeps each check well under the 2 s budget.
-    """
-    if fn is None:
-        return None
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.set_num_threads(threads)
-    return wrapper
 
 
 @one_thread

@@ -1,7 +1,6 @@
 """Chapter 7 - what the checks need to run and judge a learner's code (public)."""
 from __future__ import annotations
 
-import functools
 import math
 import os
 import tempfile
@@ -9,21 +8,7 @@ import tempfile
 import torch
 import torch.nn.functional as F
 
-from ..core import compare_float, compare_tensors
-
-
-def one_thread(fn):
-    """Run on one thread: these cases are tiny, and on a busy machine (a shared JupyterHub)
-    waking a second thread for every small op costs far more than the op itself."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.set_num_threads(threads)
-    return wrapper
+from ..core import compare_float, compare_tensors, one_thread
 
 
 def warm_up_optimizers() -> None:

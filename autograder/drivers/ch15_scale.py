@@ -7,6 +7,7 @@ global random state is used as it would be in separate processes.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 
@@ -429,12 +430,10 @@ def compare_mixed_autocast(expected, got):
 # ----------------------------------------------------------------------------------------
 # Checkpoint
 # ----------------------------------------------------------------------------------------
-def run_checkpoint(cls, config, state, x, weight):
-    if not hasattr(cls, "apply"):
-        cls()  # a stub raises NotImplementedError here
-        raise TypeError("Checkpoint must be a subclass of torch.autograd.Function (used as Checkpoint.apply)")
-    blocks = build_stack(config, state)
-    x = x.clone().requires_grad_(True)
+@contextlib.contextmanager
+def saved_bytes():
+    """Count the bytes autograd saves for backward inside the block, each storage once:
+    ``with saved_bytes() as total: ...`` then ``total[0]``."""
     seen, total = set(), [0]
 
     def pack(t):
@@ -445,6 +444,16 @@ def run_checkpoint(cls, config, state, x, weight):
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield total
+
+
+def run_checkpoint(cls, config, state, x, weight):
+    if not hasattr(cls, "apply"):
+        cls()  # a stub raises NotImplementedError here
+        raise TypeError("Checkpoint must be a subclass of torch.autograd.Function (used as Checkpoint.apply)")
+    blocks = build_stack(config, state)
+    x = x.clone().requires_grad_(True)
+    with saved_bytes() as total:
         h = x
         for block in blocks:
             h = h + cls.apply(block, h)

@@ -8,11 +8,10 @@ tensors for vectors.
 """
 from __future__ import annotations
 
-import contextlib
 
 import torch
 
-from autograder.core import compare_float, compare_tensors
+from autograder.core import compare_float, compare_tensors, single_thread
 
 
 # --------------------------------------------------------------------------------------
@@ -43,21 +42,9 @@ def build_gpt2(config: dict, state: dict):
     return model.eval()
 
 
-@contextlib.contextmanager
-def one_thread():
-    """Run the block on one CPU thread: a model this small is faster so, and much faster
-    on a busy machine, where threads wait for each other."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def with_model(fn, config, state, *args, **kwargs):
     """Run ``fn(model, *args, **kwargs)`` with the model the case describes (one thread)."""
-    with one_thread():
+    with single_thread():
         return fn(LogitsModel(build_gpt2(config, state)), *args, **kwargs)
 
 

@@ -27,10 +27,6 @@ def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def tensors(atol: float, rtol: float):
-    return close_tensors(atol=atol, rtol=rtol)
-
-
 # ----------------------------------------------------------------------------------------
 # embed_onehot
 # ----------------------------------------------------------------------------------------
@@ -58,13 +54,13 @@ def _onehot_cases(hidden: bool):
                   ("no ids at all (shape (0,))", torch.zeros(0, dtype=torch.int64), torch.randn(5, 2, generator=gh))]
     for name, ids, weight in specs:
         yield Case(name, (ids, weight), expected=lambda i=ids, w=weight: _embedding_ref(i, w),
-                   compare=tensors(1e-6, 1e-6))
+                   compare=close_tensors(1e-6, 1e-6))
     # The gradient: only looked-up rows get one, and a row looked up twice gets the sum.
     ids = torch.tensor([[1, 4, 1], [0, 1, 2]])
     weight = torch.randn(6, 3, generator=g)
     upstream = torch.randn(2, 3, 3, generator=g)
     yield Case("gradient w.r.t. weight equals nn.Embedding's (row 1 is used three times)", (ids, weight, upstream),
-               run=grad_run, expected=lambda: _grad_ref(ids, weight, upstream), compare=tensors(1e-6, 1e-6))
+               run=grad_run, expected=lambda: _grad_ref(ids, weight, upstream), compare=close_tensors(1e-6, 1e-6))
 
 
 register(Exercise(
@@ -111,7 +107,7 @@ def _sin_cases(hidden: bool):
     for p, d in specs:
         # float32 angles of positions in the thousands are only good to about 1e-4.
         yield Case(f"n_positions={p}, d_model={d}", (p, d), expected=lambda p=p, d=d: _vaswani(p, d),
-                   compare=tensors(5e-4, 0))
+                   compare=close_tensors(5e-4, 0))
 
 
 register(Exercise(
@@ -157,7 +153,7 @@ def _tpe_cases(hidden: bool):
         tok, pos = torch.randn(v, d, generator=g), torch.randn(p, d, generator=g)
         ids = torch.randint(0, v, shape, generator=g)
         yield Case(name, (v, p, d, tok, pos, ids), run=tpe_run,
-                   expected=lambda t=tok, q=pos, i=ids: _tpe_ref(t, q, i), compare=tensors(1e-6, 1e-6))
+                   expected=lambda t=tok, q=pos, i=ids: _tpe_ref(t, q, i), compare=close_tensors(1e-6, 1e-6))
 
 
 class _TPEMistake(nn.Module):
@@ -266,7 +262,7 @@ def _rope_cases(hidden: bool):
     for name, x, positions, base in specs:
         # Llama computes cos/sin in float32: angles of a few hundred radians are good to about 1e-5.
         yield Case(name, (x, positions), {"base": base},
-                   expected=lambda x=x, p=positions, b=base: _llama_rope(x, p, b), compare=tensors(2e-4, 1e-4))
+                   expected=lambda x=x, p=positions, b=base: _llama_rope(x, p, b), compare=close_tensors(2e-4, 1e-4))
 
 
 def _rope_mistake(kind):

@@ -16,9 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core import Case, Exercise, Mistake, hidden_seed, inherit, register
+from ..core import Case, Exercise, Mistake, close_tensors, hidden_seed, inherit, register
 from ..drivers.ch04_attention import gpt2_attention as _gpt2_attention, load_run, mha_run
-from .ch03_embeddings import gen, tensors
+from .ch03_embeddings import gen
 
 CH = "ch04"
 SOL = "solutions.ch04_attention"
@@ -122,7 +122,7 @@ def _sdpa_cases(hidden: bool):
                    _padding([9, 6], 9), True)]
     for name, (q, k, v), mask, is_causal in specs:
         yield Case(name, (q, k, v), _mask_kwargs(mask, is_causal), expected=lambda q=q, k=k, v=v, m=mask, c=is_causal: _sdpa_ref(q, k, v, m, c),
-                   compare=tensors(1e-5, 1e-4))
+                   compare=close_tensors(1e-5, 1e-4))
 
 
 register(Exercise(
@@ -228,7 +228,7 @@ def _mha_cases(hidden: bool):
         kpm = None if lengths is None else _padding(lengths, T)[:, 0, 0, :]
         reference = _ref_torch_mha if ref == "torch" else _ref_gpt2
         args = (d, h, bias, causal, state, x, kpm)
-        yield Case(name, args, run=mha_run, expected=lambda a=args, r=reference: r(*a), compare=tensors(1e-5, 1e-4))
+        yield Case(name, args, run=mha_run, expected=lambda a=args, r=reference: r(*a), compare=close_tensors(1e-5, 1e-4))
 
 
 class _MHAMistake(nn.Module):
@@ -338,7 +338,7 @@ def _load_cases(hidden: bool):
                  "c_proj.weight": torch.randn(d, d, generator=g), "c_proj.bias": torch.randn(d, generator=g)}
         x = torch.randn(2, 3, d, generator=g)
         yield Case(name + ": qkv(x) == c_attn(x) and proj(x) == c_proj(x)", (d, h, state, x), run=load_run,
-                   expected=lambda d=d, h=h, s=state, x=x: _load_ref(d, h, s, x), compare=tensors(1e-5, 1e-5))
+                   expected=lambda d=d, h=h, s=state, x=x: _load_ref(d, h, s, x), compare=close_tensors(1e-5, 1e-5))
 
 
 def _load_mistake(kind):
@@ -416,7 +416,7 @@ def _gqa_cases(hidden: bool):
         mask = None if lengths is None else _padding(lengths, T_k)
         yield Case(name, (q, k, v), _mask_kwargs(mask, is_causal),
                    expected=lambda q=q, k=k, v=v, m=mask, c=is_causal, via=via: _gqa_ref(q, k, v, m, c, via),
-                   compare=tensors(1e-5, 1e-4))
+                   compare=close_tensors(1e-5, 1e-4))
 
 
 def _gqa_mistake(kind):

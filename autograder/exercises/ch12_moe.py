@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..core import Case, Exercise, Mistake, close_tensors, compare_tensors, hidden_seed, inherit, register
+from ..core import Case, Exercise, Mistake, close_tensors, hidden_seed, inherit, register
 from ..drivers.ch12_moe import compare_routing, compare_scalar
 
 CH = "ch12"
@@ -51,10 +51,6 @@ def _hidden_shape(ex_id: str, i: int, choices: dict) -> dict:
     """Random shape parameters of hidden case i, drawn from the secret."""
     g = _gen(hidden_seed(ex_id, i, "shape"))
     return {k: v[int(torch.randint(len(v), (1,), generator=g))] for k, v in choices.items()}
-
-
-def _close(atol=1e-5, rtol=1e-4):
-    return close_tensors(atol=atol, rtol=rtol)
 
 
 def _close_scalar(atol=1e-5, rtol=1e-5):
@@ -217,7 +213,7 @@ def _moe_cases(hidden: bool):
     for name, seed, B, T, H, I, E, k, norm in specs:
         x, rw, gu, dp = _moe_data(seed, B, T, H, I, E)
         yield Case(name, (x, rw, gu, dp, k, norm),
-                   expected=lambda a=(seed, B, T, H, I, E, k, norm): _moe_expected_cached(*a), compare=_close())
+                   expected=lambda a=(seed, B, T, H, I, E, k, norm): _moe_expected_cached(*a), compare=close_tensors())
 
 
 @functools.lru_cache(maxsize=64)
@@ -446,7 +442,7 @@ def _switch_cases(hidden: bool):
     for name, seed, B, T, H, Fd, E, cap, skew in specs:
         x, rw, wi, wo = _switch_data(seed, B, T, H, Fd, E, skew)
         yield Case(name, (x, rw, wi, wo, cap), expected=lambda a=(seed, B, T, H, Fd, E, skew, cap):
-                   _switch_expected_cached(*a), compare=_close())
+                   _switch_expected_cached(*a), compare=close_tensors())
 
 
 @functools.lru_cache(maxsize=64)
@@ -548,7 +544,7 @@ def _shared_cases(hidden: bool):
     for name, seed, B, T, H, I, E, S, k in specs:
         args = _shared_data(seed, B, T, H, I, E, S) + (k,)
         yield Case(name, args, expected=lambda a=(seed, B, T, H, I, E, S, k): _shared_expected_cached(*a),
-                   compare=_close())
+                   compare=close_tensors())
 
 
 @functools.lru_cache(maxsize=64)
@@ -707,7 +703,7 @@ def _bias_cases(hidden: bool):
                           rand_index(g, s["N"], s["E"], s["k"]), 0.02))
     for name, bias, index, gamma in specs:
         yield Case(name, (bias, index, gamma), expected=lambda a=(bias, index, gamma): _bias_expected(*a),
-                   compare=_close(1e-7, 1e-6))
+                   compare=close_tensors(1e-7, 1e-6))
 
 
 def _bias_wrong(kind):
@@ -777,7 +773,7 @@ def _dispatch_cases(hidden: bool):
                           s["N"], 8, 16, s["E"], s["k"], None))
     for name, seed, N, H, I, E, k, skip in specs:
         args = _dispatch_data(_gen(seed), N, H, I, E, k, skip)
-        yield Case(name, args, expected=lambda a=args: _dispatch_expected(*a), compare=_close())
+        yield Case(name, args, expected=lambda a=args: _dispatch_expected(*a), compare=close_tensors())
 
 
 def _dispatch_wrong(kind):

@@ -17,13 +17,12 @@ import functools
 import math
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core import Case, Exercise, Mistake, close_tensors, compare_tensors, hidden_seed, inherit, register
-from ..drivers.ch13_long_context import Weights as _Weights, compare_cos_sin as _compare_cos_sin, compare_named_pair
+from ..core import Case, Exercise, Mistake, close_tensors, hidden_seed, inherit, register
+from ..drivers.ch13_long_context import compare_cos_sin as _compare_cos_sin, compare_named_pair
 from ..drivers.ch13_long_context import compare_step as _compare_step, compare_yarn as _compare_yarn
-from ..drivers.ch13_long_context import run_mixer as _run_mixer, run_step as _run_step, weights as _weights
+from ..drivers.ch13_long_context import run_mixer as _run_mixer, run_step as _run_step
 
 CH = "ch13"
 SOL = "solutions.ch13_long_context"
@@ -75,10 +74,6 @@ def _rope_ref(rope_type, head_dim, base, factor, max_position, seq_len=None, ori
     return ROPE_INIT_FUNCTIONS[rope_type](cfg, None, seq_len=seq_len)
 
 
-def _cmp(atol=1e-6, rtol=1e-5):
-    return close_tensors(atol=atol, rtol=rtol)
-
-
 def _compare_pair(n1, n2, atol=1e-5, rtol=1e-4):
     return functools.partial(compare_named_pair, names=(n1, n2), atol=atol, rtol=rtol)
 
@@ -98,7 +93,7 @@ def _linear_cases(hidden: bool):
             specs.append((f"hidden case {k + 1}", d, base, f))
     for name, d, base, f in specs:
         yield Case(name, (d, base, f), expected=lambda d=d, b=base, f=f: _rope_ref("linear", d, b, f, 64)[0],
-                   compare=_cmp())
+                   compare=close_tensors(1e-6, 1e-5))
 
 
 register(Exercise(
@@ -136,7 +131,7 @@ def _dyn_cases(hidden: bool):
     for name, d, base, f, m, s in specs:
         yield Case(name, (d, base, f, m, s),
                    expected=lambda d=d, b=base, f=f, m=m, s=s: _rope_ref("dynamic", d, b, f, m, seq_len=s)[0],
-                   compare=_cmp())
+                   compare=close_tensors(1e-6, 1e-5))
 
 
 def _dyn_variant(d, b, f, m, s, kind):
@@ -424,7 +419,7 @@ def _scan_specs(eid, hidden, extra=()):
 def _scan_cases(hidden: bool):
     for name, seed, b, L, d, N in _scan_specs("ch13.selective_scan", hidden):
         args = _mamba_like_inputs(_gen(seed), b, L, d, N)
-        yield Case(name, args, expected=lambda a=args: _hf_scan(*a), compare=_cmp(2e-5, 1e-4))
+        yield Case(name, args, expected=lambda a=args: _hf_scan(*a), compare=close_tensors(2e-5, 1e-4))
 
 
 register(Exercise(
@@ -479,7 +474,7 @@ def _conv_cases(hidden: bool):
     for name, seed, b, d, L, K in specs:
         g = _gen(seed)
         x, w, bias = torch.randn(b, d, L, generator=g), torch.randn(d, K, generator=g), torch.randn(d, generator=g)
-        yield Case(name, (x, w, bias), expected=lambda x=x, w=w, bias=bias: _hf_conv(x, w, bias), compare=_cmp(1e-5))
+        yield Case(name, (x, w, bias), expected=lambda x=x, w=w, bias=bias: _hf_conv(x, w, bias), compare=close_tensors(1e-5, 1e-5))
 
 
 register(Exercise(
@@ -562,7 +557,7 @@ def _mixer_cases(hidden: bool):
     for name, spec, b, L in _mixer_specs("ch13.mamba_mixer", hidden):
         x = torch.randn(b, L, spec[1], generator=_gen(spec[0] + 7))
         yield Case(name, (_state(spec), x), run=_run_mixer, expected=lambda s=spec, x=x: _mixer_expected(s, x),
-                   compare=_cmp(1e-5, 1e-4), check_mutation=False)
+                   compare=close_tensors(1e-5, 1e-4), check_mutation=False)
 
 
 def _mixer_compose_scan(part):
@@ -719,10 +714,10 @@ def _chunked_cases(hidden: bool):
         args = _mamba_like_inputs(_gen(seed), b, L, d, N)
         Q = chunk_for.get(seed, 8) if i < 4 else 8
         yield Case(f"{name}, chunks of {Q}", args, kwargs={"chunk_size": Q}, expected=lambda a=args: _hf_scan(*a),
-                   compare=_cmp(5e-5, 2e-4))
+                   compare=close_tensors(5e-5, 2e-4))
     args = _mamba_like_inputs(_gen(5), 1, 20, 4, 2)
     yield Case("chunks of 1 (the plain recurrence)", args, kwargs={"chunk_size": 1},
-               expected=lambda a=args: _hf_scan(*a), compare=_cmp(5e-5, 2e-4))
+               expected=lambda a=args: _hf_scan(*a), compare=close_tensors(5e-5, 2e-4))
 
 
 def _chunked_compose(part):

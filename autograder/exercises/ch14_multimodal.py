@@ -22,7 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..core import Case, Exercise, Mistake, compare_tensors, hidden_seed, inherit, register
+from ..core import Case, Exercise, Mistake, close_tensors, hidden_seed, inherit, register
 from ..drivers.ch14_multimodal import clip_gradients, compare_clip, compare_gradients, compare_merged
 
 CH = "ch14"
@@ -49,10 +49,6 @@ def _silence():
     warnings.filterwarnings("ignore", module="transformers")
 
 
-def _close(atol=1e-5, rtol=1e-4):
-    return functools.partial(compare_tensors, atol=atol, rtol=rtol)
-
-
 # ========================================================================================
 # patchify
 # ========================================================================================
@@ -74,7 +70,7 @@ def _patchify_cases(hidden: bool):
                           _pick(g, [1, 3, 4]), p * _pick(g, [2, 3, 5]), p * _pick(g, [1, 2, 4]), p))
     for name, seed, B, C, H, W, p in specs:
         x = torch.randn(B, C, H, W, generator=_gen(seed))
-        yield Case(name, (x, p), expected=lambda x=x, p=p: _patchify_ref(x, p), compare=_close(0, 0))
+        yield Case(name, (x, p), expected=lambda x=x, p=p: _patchify_ref(x, p), compare=close_tensors(0, 0))
 
 
 def _patchify_wrong(kind):
@@ -154,7 +150,7 @@ def _vit_cases(hidden: bool):
                           _pick(g, [1, 3]), p * _pick(g, [2, 3]), p * _pick(g, [2, 4]), p, _pick(g, [4, 8, 12])))
     for name, seed, B, C, H, W, p, D in specs:
         args = _vit_inputs(seed, B, C, H, W, p, D)
-        yield Case(name, args, expected=lambda a=args: _vit_ref(*a), compare=_close())
+        yield Case(name, args, expected=lambda a=args: _vit_ref(*a), compare=close_tensors())
 
 
 def _vit_compose(patchify_fn, kind=""):
@@ -226,7 +222,7 @@ def _interp_cases(hidden: bool):
     for name, seed, g0, D, gh, gw in specs:
         pos = torch.randn(1, 1 + g0 * g0, D, generator=_gen(seed))
         yield Case(name, (pos, gh, gw), expected=lambda pos=pos, gh=gh, gw=gw: _interp_ref(pos, gh, gw),
-                   compare=_close(1e-5, 1e-4))
+                   compare=close_tensors(1e-5, 1e-4))
 
 
 def _interp_wrong(kind):
@@ -473,7 +469,7 @@ def _project_cases(hidden: bool):
                           _pick(g, [1, 2, 5]), _pick(g, [3, 9]), _pick(g, [4, 10]), _pick(g, [6, 8])))
     for name, seed, n, P, Dv, D in specs:
         args = _project_inputs(seed, n, P, Dv, D)
-        yield Case(name, args, expected=lambda a=args: _project_ref(*a), compare=_close(1e-5, 1e-4))
+        yield Case(name, args, expected=lambda a=args: _project_ref(*a), compare=close_tensors(1e-5, 1e-4))
 
 
 def _project_wrong(kind):

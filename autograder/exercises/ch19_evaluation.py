@@ -32,9 +32,9 @@ from collections import Counter
 import torch
 import torch.nn.functional as F
 
-from ..core import Case, Exercise, Mistake, close_floats, hidden_seed, inherit, register
+from ..core import Case, Exercise, Mistake, close_floats, hidden_seed, inherit, register, single_thread
 from ..drivers.ch19_evaluation import (build_gpt2, compare_choices, compare_fields, compare_grounding,
-                                       compare_loglik, compare_number, one_thread, with_model)
+                                       compare_loglik, compare_number, with_model)
 
 CH = "ch19"
 SOL = "solutions.ch19_evaluation"
@@ -82,7 +82,7 @@ def _hf(seed: int, vocab: int = 40):
 # strided_perplexity
 # ========================================================================================
 @torch.no_grad()
-@one_thread()
+@single_thread()
 def _ref_strided(seed, vocab, ids, max_length, stride):
     model = _hf(seed, vocab)
     N = ids.numel()
@@ -623,7 +623,7 @@ register(Exercise(
 # continuation_loglik and multiple_choice (lm-evaluation-harness)
 # ========================================================================================
 @torch.no_grad()
-@one_thread()
+@single_thread()
 def _ref_loglik(seed, vocab, context, continuation):
     model = _hf(seed, vocab)
     inp = torch.tensor([context + continuation])
@@ -641,7 +641,7 @@ def _greedy_continuation(seed, vocab, context, n):
 
 @functools.lru_cache(maxsize=None)
 @torch.no_grad()
-@one_thread()
+@single_thread()
 def _greedy_cached(seed, vocab, context, n):
     model = _hf(seed, vocab)
     ids = list(context)
@@ -721,7 +721,7 @@ def _mc_reference(seed, vocab, context, choices, texts):
 
 
 @functools.lru_cache(maxsize=None)
-@one_thread()
+@single_thread()
 def _mc_case(seed, n_choices, name):
     """Draw choices until raw, per-character and per-token scoring pick three different
     choices with clear margins (so that each convention is told apart)."""
@@ -898,8 +898,6 @@ def _ref_weat_effect(X, Y, A, B):
 
 
 def _ref_weat_p(X, Y, A, B):
-    import numpy as np
-
     X, Y, A, B = (t.double().numpy() for t in (X, Y, A, B))
     s = [_np_assoc(w, A, B) for w in list(X) + list(Y)]
     n = len(X)
