@@ -266,6 +266,32 @@ def _names_used(node) -> set:
     return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
 
 
+def _import_roots(trees) -> set:
+    """The top-level modules the notebook imports (``import torch.nn as nn`` -> ``torch``)."""
+    roots = set()
+    for tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                roots.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                roots.add(node.module.split(".")[0])
+    return roots
+
+
+def _names_a_module(node, path: str, aliases: dict, import_roots: set) -> bool:
+    """Whether a name or attribute chain refers to what ``path`` names (a module, or a
+    builtin), rather than to a variable that shares its name (``code = torch.tensor(...)``):
+    its leftmost name must lead, through imports and aliases, to an imported module."""
+    if path in INTROSPECTION_NAMES and "." not in path:
+        return True  # a builtin: eval, exec, globals, __import__, get_ipython, ...
+    base = node
+    while isinstance(base, ast.Attribute):
+        base = base.value
+    if not isinstance(base, ast.Name) or base.id not in aliases:
+        return False
+    return aliases[base.id].split(".")[0] in import_roots
+
+
 def _is_call_target(name_node, tree) -> bool:
     for n in ast.walk(tree):
         if isinstance(n, ast.Call) and n.func is name_node:
@@ -352,6 +378,7 @@ def analyse(student_cells: list, course_cells: list, exercises: list, forbidden:
     rebound: dict = {}
     _collect_aliases(course_trees + [t for _, t in parsed], aliases, rebound)
     forbidden_names = _forbidden_attribute_names(forbidden)
+    import_roots = _import_roots(course_trees + [t for _, t in parsed])
 
     # forbidden objects by identity, for re-exports
     by_identity: dict = {}
@@ -449,8 +476,8 @@ def analyse(student_cells: list, course_cells: list, exercises: list, forbidden:
                 if root in INTROSPECTION_MODULES or p in INTROSPECTION_NAMES or \
                         any(p.startswith(n + ".") for n in INTROSPECTION_NAMES) or \
                         any(p == n or p.startswith(n + ".") or p.startswith(n + "_") for n in INTROSPECTION_PREFIXES):
-                    if isinstance(node, ast.Attribute) or isinstance(node, (ast.Import, ast.ImportFrom)) \
-                            or (isinstance(node, ast.Name) and (p in INTROSPECTION_NAMES or root == p)):
+                    if isinstance(node, (ast.Import, ast.ImportFrom)) or (
+                            isinstance(node, (ast.Attribute, ast.Name)) and _names_a_module(node, p, aliases, import_roots)):
                         add(["*"], f"uses {p}, which the trusted grader does not allow in submitted code "
                             "(it can reach around the grader's checks)", label, node)
                 if (root in PROCESS_MODULES or p in PROCESS_NAMES) and not isinstance(node, (ast.Import, ast.ImportFrom)):

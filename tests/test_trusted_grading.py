@@ -196,6 +196,7 @@ def test_selfcheck_gives_the_reference_full_marks_through_the_sandbox(capsys):
     ("def cross_entropy(l, t):\n    g = getattr\n    return g(F, 'cross_' + 'entropy')(l, t)", {"*"}),
     ("import functools\nce = functools.partial(getattr, F)", {"*"}),
     ("import os\ndef bigram_counts(i, v):\n    return os.sys.modules", {"*"}),
+    ("s = torch.sys\ndef bigram_counts(i, v):\n    return s.modules", {"*"}),
     ("def cross_entropy(l, t):\n    return F.__dict__['cross_entropy'](l, t)", {"*", "ch01.cross_entropy"}),
     ("def cross_entropy(l, t):\n    return F.torch.logsumexp(l, 1).mean()", {"ch01.cross_entropy"}),
     # an alias re-pointed in dead code does not hide what it names
@@ -228,6 +229,9 @@ def test_static_check_closes_bypass_classes(code, hit):
     "def perplexity(l, t):\n    return math.exp(-(l.log_softmax(1)[range(len(t)), t]).mean())",
     "class Model(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n        self.embedding = torch.nn.Embedding(3, 4)",
     "def bigram_counts(ids, v):\n    return getattr(ids, 'shape')",
+    # variables that share a name with a refused module are not that module
+    "def bigram_counts(ids, v):\n    code = torch.tensor([1])\n    types = code.shape\n    return code.sum()",
+    "trace = [1, 2]\nprofile = {'a': trace}\nprint(len(trace), profile)",
 ])
 def test_static_check_still_leaves_honest_code_alone(code):
     found, messages = findings(code)
