@@ -146,7 +146,7 @@ def _earlier_solution(module: str, drivers_file: str) -> bool:
 
 def audit_exercise(ex) -> list[str]:
     """Every reason why a case of ``ex`` (visible or hidden) cannot be described publicly."""
-    problems = []
+    problems, visible = [], set()
     for hidden in (False, True):
         try:
             cases = list(ex.cases(hidden))
@@ -194,9 +194,6 @@ def audit(chapters: list[str] | None = None) -> list[str]:
 # --------------------------------------------------------------------------------------
 # The contract of a chapter
 # --------------------------------------------------------------------------------------
-_FAILED = {"__failed__": True}
-
-
 def case_spec(case) -> dict:
     """What the sandbox needs to run one case: its name, inputs, driver and mutation flag."""
     return {"name": case.name, "args": list(case.args), "kwargs": dict(case.kwargs),
