@@ -104,9 +104,6 @@ def _router_expected(x, w, k, normalize):
     return weights, index
 
 
-_compare_pair = compare_routing
-
-
 def _router_cases(hidden: bool):
     specs = [("N=6 tokens, H=8, E=4 experts, k=2", 0, 6, 8, 4, 2, True),
              ("E=8, k=3", 1, 10, 16, 8, 3, True),
@@ -116,7 +113,7 @@ def _router_cases(hidden: bool):
         g = _gen(seed)
         x, w = torch.randn(N, H, generator=g), torch.randn(E, H, generator=g)
         yield Case(name, (x, w, k, norm), expected=lambda x=x, w=w, k=k, n=norm: _router_expected(x, w, k, n),
-                   compare=_compare_pair)
+                   compare=compare_routing)
     if hidden:
         for i in range(3):
             s = _hidden_shape("ch12.topk_router", i, {"N": [9, 17, 33], "H": [8, 16], "E": [4, 8, 16], "k": [1, 2, 4]})
@@ -125,7 +122,7 @@ def _router_cases(hidden: bool):
             norm = i != 1
             yield Case(f"hidden case {i + 1} (normalize={norm})",
                        (x, w, s["k"], norm),
-                       expected=lambda x=x, w=w, k=s["k"], n=norm: _router_expected(x, w, k, n), compare=_compare_pair)
+                       expected=lambda x=x, w=w, k=s["k"], n=norm: _router_expected(x, w, k, n), compare=compare_routing)
 
 
 def _router_wrong(kind):
