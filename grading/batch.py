@@ -154,14 +154,14 @@ def grade_assignment(course_dir: Path, assignment: str, students: list[str] | No
                 "look at it, then grade it alone with --force)")
             stalled.append(s)
             skipped += 1
-        elif same and not state.get("stalls"):
-            if state.get("recorded"):
-                skipped += 1
-            else:
-                to_record.append(state)
+        elif same and state.get("stalls"):  # stalled once: try again, counting
+            previous_stalls[s] = state["stalls"]
+            to_grade.append(s)
+        elif same and state.get("recorded"):
+            skipped += 1
+        elif same:
+            to_record.append(state)
         else:
-            if same and state.get("stalls"):
-                previous_stalls[s] = state["stalls"]
             to_grade.append(s)
     log(f"{assignment}: {len(todo_students)} students; {skipped} already graded, {len(to_record)} to record, "
         f"{len(to_grade)} to grade with {jobs} job(s)")
