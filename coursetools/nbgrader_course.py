@@ -28,9 +28,84 @@ c.CourseDirectory.root = r"{root}"
 # Test cells report failures on stderr; keep kernels quiet otherwise.
 c.ExecutePreprocessor.timeout = 600
 c.ClearSolutions.code_stub = {{"python": "# YOUR CODE HERE\\nraise NotImplementedError()"}}
+# Feedback pages typeset their math offline: MathJax is written into each page (see
+# feedback_template in coursetools/nbgrader_course.py), never fetched from a CDN.
+c.HTMLExporter.template_name = "{feedback_template}"
+c.HTMLExporter.extra_template_basedirs = [r"{template_dir}", r"{nbgrader_templates}"]
 '''
 
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints")
+
+
+FEEDBACK_TEMPLATE = "course_feedback"
+# A template that changes one thing in nbgrader's feedback page: the math. nbgrader's
+# page loads MathJax 2 from a CDN (the macro of nbconvert's mathjax.html.j2), so offline -
+# a learner reading a downloaded feedback page, a hub without outside network - every
+# formula shows as raw LaTeX. This directory comes first on the template path, so its
+# mathjax.html.j2 replaces that macro; it has no index.html.j2 of its own, so nbgrader's
+# page is found next. The page carries MathJax 3 itself (the SVG build with every TeX
+# extension, so nothing is loaded later), set up for the $...$ and $$...$$ of notebooks.
+_FEEDBACK_FILES = {
+    "conf.json": '{"base_template": "feedback", "mimetypes": {"text/html": true}}\n',
+    "mathjax.html.j2": """{%- macro mathjax(url=None) -%}
+<!-- MathJax 3, inside the page: the feedback reads the same offline -->
+<script>
+window.MathJax = {
+  tex: {inlineMath: [["$", "$"], ["\\\\(", "\\\\)"]],
+        displayMath: [["$$", "$$"], ["\\\\[", "\\\\]"]],
+        processEscapes: true, processEnvironments: true},
+  svg: {fontCache: "global"},
+  options: {enableMenu: false}
+};
+</script>
+<script>{% raw %}
+@MATHJAX@
+{% endraw %}</script>
+{%- endmacro %}
+""",
+}
+
+
+def mathjax_script() -> Path:
+    """MathJax 3's self-contained TeX-to-SVG build, from the package that serves the book's."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sphinx-mathjax-offline")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("sphinx-mathjax-offline is not installed (requirements.txt)")
+    return Path(spec.origin).parent / "static" / "mathjax" / "tex-svg-full.js"
+
+
+def feedback_template(course_dir: Path) -> Path:
+    """Write the feedback template into the course directory; return its base directory."""
+    base = Path(course_dir) / "templates"
+    folder = base / FEEDBACK_TEMPLATE
+    folder.mkdir(parents=True, exist_ok=True)
+    script = mathjax_script().read_text(encoding="utf-8")
+    # An imported macro sees no template context (no `resources`), so the script is written
+    # into the macro itself, as raw text.
+    assert "endraw" not in script and "</script" not in script
+    for name, text in _FEEDBACK_FILES.items():
+        (folder / name).write_text(text.replace("@MATHJAX@", script), encoding="utf-8")
+    return base
+
+
+def nbgrader_templates() -> Path:
+    import nbgrader
+
+    return Path(nbgrader.__file__).parent / "server_extensions" / "formgrader" / "templates"
+
+
+def write_config(course_dir: Path, course_id: str, exchange: Path | None = None) -> Path:
+    """The course's nbgrader_config.py (and the feedback template it names)."""
+    course_dir = Path(course_dir)
+    config = CONFIG.format(course_id=course_id, root=course_dir, feedback_template=FEEDBACK_TEMPLATE,
+                           template_dir=feedback_template(course_dir), nbgrader_templates=nbgrader_templates())
+    if exchange is not None:
+        config += f'c.Exchange.root = r"{exchange}"\n'
+    path = course_dir / "nbgrader_config.py"
+    path.write_text(config)
+    return path
 
 
 def nbgrader_cmd() -> list[str]:
@@ -71,12 +146,10 @@ def make_course(names: list[str], course_dir: Path, course_id: str = "llm-course
                 log=print, exchange: Path | None = None) -> list[Path]:
     course_dir = Path(course_dir).resolve()
     course_dir.mkdir(parents=True, exist_ok=True)
-    config = CONFIG.format(course_id=course_id, root=course_dir)
     if exchange is not None:
         exchange = Path(exchange).resolve()
         exchange.mkdir(parents=True, exist_ok=True)
-        config += f'c.Exchange.root = r"{exchange}"\n'
-    (course_dir / "nbgrader_config.py").write_text(config)
+    write_config(course_dir, course_id, exchange)
     log(f"course {course_id} in {course_dir}" + (f", exchange {exchange}" if exchange else
                                                 "; no --exchange given: nbgrader's default exchange"))
     log("building the nbgrader sources of " + ", ".join(names) + " ...")

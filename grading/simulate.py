@@ -78,12 +78,12 @@ def chapter_source(chapter: str) -> nbformat.NotebookNode:
 
 def make_course(course_dir: Path, chapter: str, release: bool = True, course_id: str = "llm-course") -> Path:
     """An nbgrader course directory with one assignment; returns the release notebook path."""
-    from coursetools.nbgrader_course import CONFIG, nbgrader_cmd, vendor
+    from coursetools.nbgrader_course import nbgrader_cmd, vendor, write_config
 
     slug = chapter_slug(chapter)
     course_dir = Path(course_dir).resolve()
     course_dir.mkdir(parents=True, exist_ok=True)
-    (course_dir / "nbgrader_config.py").write_text(CONFIG.format(course_id=course_id, root=course_dir))
+    write_config(course_dir, course_id)
     src = course_dir / "source" / slug
     src.mkdir(parents=True, exist_ok=True)
     nbformat.write(chapter_source(chapter), src / f"{slug}.ipynb")

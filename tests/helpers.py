@@ -4,6 +4,8 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import os
+import shutil
 import sys
 import types
 
@@ -46,3 +48,12 @@ def stub_for(exercise_id: str):
         raise NotImplementedError()
     stub.__name__ = ex.name
     return stub
+
+
+# Debian's chromium, headless, driven by Playwright (never `playwright install`: it would
+# download a browser of its own, which fails offline). These flags keep it quiet on a closed
+# network: no update checks, no sync, no background requests.
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-default-apps"]

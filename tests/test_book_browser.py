@@ -9,9 +9,7 @@ of its own, which fails offline; the test drives the system's chromium instead.
 """
 import functools
 import http.server
-import os
 import re
-import shutil
 import threading
 from pathlib import Path
 from urllib.parse import urlparse
@@ -19,13 +17,10 @@ from urllib.parse import urlparse
 import pytest
 
 from coursetools.source import ROOT
+from tests.helpers import CHROMIUM
+from tests.helpers import CHROMIUM_ARGS as ARGS
 
 HTML = ROOT / "_build" / "html"
-CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-# Flags that keep a headless chromium quiet on a closed network (no update checks, no sync).
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-default-apps"]
 # Console messages that are not ours. Each needs a reason.
 ALLOWED_CONSOLE = [
     # chromium's own complaint when a page has no favicon is a failed request, not an error

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -32,6 +33,35 @@ def nbgrader(course, *args):
 def Path_bin(name):
     from pathlib import Path
     return Path(sys.executable).with_name(name)
+
+
+def typeset_offline(page_path):
+    """Open a feedback page in headless chromium with every request refused: its formulas
+    must come out typeset (MathJax's SVG output), not as raw LaTeX."""
+    from tests.helpers import CHROMIUM, CHROMIUM_ARGS
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    if not os.path.exists(CHROMIUM):
+        return  # the HTML assertions above still hold; test_book_browser.py says why it skips
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            fetched = []
+            page.route("**/*", lambda route: (fetched.append(route.request.url), route.abort())
+                       if not route.request.url.startswith("file:") else route.continue_())
+            page.goto(page_path.as_uri())
+            page.wait_for_function("window.MathJax && MathJax.startup && MathJax.startup.promise",
+                                   timeout=60_000)
+            page.evaluate("MathJax.startup.promise")
+            typeset = page.locator("mjx-container svg").count()
+            raw = page.evaluate("document.body.innerText.match(/\\$[^$\\n]*\\\\[a-z]+[^$\\n]*\\$/)")
+        finally:
+            browser.close()
+    assert typeset > 5, f"only {typeset} formulas typeset"
+    assert raw is None, f"raw LaTeX left on the page: {raw}"
+    assert not fetched, f"the page fetched {fetched[:3]}"
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +100,10 @@ def test_autograde_fills_the_gradebook_and_feedback_shows_the_trusted_result(cou
     assert re.search(r"Score:\s*6(\.0)?\s*/\s*7", text)
     assert "bob edited this test cell" not in text
     assert "HIDDEN TESTS" not in text and "hidden=True" not in text
+    # The page carries its math renderer: no script is fetched from anywhere.
+    assert "cdnjs" not in html and not re.search(r"<script[^>]*\bsrc=", html)
+    assert "window.MathJax" in html and "$" in text
+    typeset_offline(course / "feedback" / "bob" / SLUG / f"{SLUG}.html")
 
     nbgrader(course, "export", "--to", str(course / "nbgrader-grades.csv"))
     rows = {r["student_id"]: r for r in csv.DictReader(open(course / "nbgrader-grades.csv"))}
