@@ -183,7 +183,9 @@ def grade_assignment(course_dir: Path, assignment: str, students: list[str] | No
         record(state)
 
     graded = 0
-    limits_d = (limits or sandbox.Limits()).__dict__
+    limits_d = dict((limits or sandbox.Limits()).__dict__)
+    if limits is None or limits.cpus == sandbox.Limits().cpus:  # not chosen by the caller: a fair share
+        limits_d["cpus"] = max(0.5, (os.cpu_count() or 1) / max(1, jobs))
     stop = {"now": False}
 
     def on_term(signum, frame):

@@ -14,7 +14,10 @@ Isolation, best available first (probed once per process, logged by ``isolation(
 In both modes: rlimits on address space, CPU seconds, processes, file size and open
 files; a wall-clock watchdog per cell and per case, driven by the progress the child
 reports, with an absolute cap; the whole process group (and, with a dedicated uid, every
-process of that uid) is killed at the end.
+process of that uid) is killed at the end. Where the machine lets the grader create
+control groups (cgroup v2, or v1's ``cpu`` controller), each sandbox gets one of its own,
+capped at ``Limits.cpus`` CPUs: a submission that spins many threads or processes
+cannot starve the submissions graded beside it. Elsewhere ``isolation()`` says so.
 """
 from __future__ import annotations
 
@@ -52,6 +55,132 @@ class Limits:
     total_timeout: float = 1800.0  # wall-clock budget of one submission, all attempts together
     total_cpu_s: float = 900.0  # CPU budget of one submission, all attempts together
     output_cap: int = 65536  # characters of printed output kept per cell / exercise
+    # CPUs one sandbox may use at once (its control group's quota, where there is one). The
+    # batch sets the machine's CPUs divided by its jobs: every sandbox grading at the same
+    # time gets an equal share, and a hostile one cannot take the others'.
+    cpus: float = float(os.cpu_count() or 1)
+
+
+# --------------------------------------------------------------------------------------
+# CPU control groups
+# --------------------------------------------------------------------------------------
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+_PERIOD_US = 100_000
+
+
+def _own_cgroup(controller: str | None) -> str:
+    """This process's group in a hierarchy (``None``: the unified v2 one), from /proc."""
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if (controller is None and controllers == "") or (controller in controllers.split(",")):
+                return path
+    except (OSError, ValueError):
+        pass
+    return "/"
+
+
+def _cgroup_parent() -> tuple[str, Path] | None:
+    """("v2" or "v1", the directory new sandbox groups go in), or None when no hierarchy
+    with a CPU controller is writable here."""
+    v2 = CGROUP_ROOT / "cgroup.controllers"
+    candidates = []
+    if v2.is_file() and "cpu" in v2.read_text().split():
+        candidates.append(("v2", CGROUP_ROOT / _own_cgroup(None).lstrip("/")))
+    for name in ("cpu", "cpu,cpuacct"):
+        if (CGROUP_ROOT / name / "cpu.cfs_quota_us").exists():
+            candidates.append(("v1", CGROUP_ROOT / name / _own_cgroup("cpu").lstrip("/")))
+            break
+    for version, base in candidates:
+        parent = base / "course-grading"  # shared by every grading process; left in place (empty)
+        try:
+            parent.mkdir(exist_ok=True)
+            if version == "v2":
+                (parent / "cgroup.subtree_control").write_text("+cpu")
+            return version, parent
+        except OSError:
+            continue
+    return None
+
+
+class CpuGroup:
+    """One sandbox's control group: at most ``cpus`` CPUs for every process in it.
+
+    The child joins it between fork and exec (``join`` runs in ``preexec_fn``), so nothing
+    of the learner's ever runs outside it; bubblewrap, its children and their threads all
+    inherit it. ``close`` reads how often the quota held the sandbox back and removes the
+    group once its processes are gone."""
+
+    _parent: tuple[str, Path] | None | bool = False  # probed once per grading process
+    _count = 0
+
+    def __init__(self, cpus: float):
+        self.path = None
+        self.version = None
+        if CpuGroup._parent is False or (CpuGroup._parent and not CpuGroup._parent[1].exists()):
+            CpuGroup._parent = _cgroup_parent()
+        if not CpuGroup._parent or cpus <= 0:
+            return
+        self.version, parent = CpuGroup._parent
+        CpuGroup._count += 1
+        path = parent / f"sandbox-{os.getpid()}-{CpuGroup._count}"
+        try:
+            path.mkdir()
+            quota = max(1000, int(cpus * _PERIOD_US))
+            if self.version == "v2":
+                (path / "cpu.max").write_text(f"{quota} {_PERIOD_US}")
+            else:
+                (path / "cpu.cfs_period_us").write_text(str(_PERIOD_US))
+                (path / "cpu.cfs_quota_us").write_text(str(quota))
+            self.path = path
+        except OSError:
+            try:
+                path.rmdir()
+            except OSError:
+                pass
+
+    def join(self) -> None:
+        """Move the calling process into the group (between fork and exec)."""
+        if self.path is not None:
+            (self.path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def throttled(self) -> int:
+        """How many scheduling periods the quota stopped the sandbox in."""
+        if self.path is None:
+            return 0
+        try:
+            for line in (self.path / "cpu.stat").read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "nr_throttled":
+                    return int(value)
+        except (OSError, ValueError):
+            pass
+        return 0
+
+    def close(self) -> int:
+        n = self.throttled()
+        if self.path is not None:
+            for _ in range(50):  # the killed processes leave the group a moment later
+                try:
+                    self.path.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.02)
+            self.path = None
+        return n
+
+
+def cpu_isolation() -> str:
+    """What keeps one sandbox's CPU use from starving the others, in words."""
+    group = CpuGroup(1.0)
+    try:
+        if group.path is None:
+            return ("not isolated: no writable control group with a CPU controller here (a container without "
+                    "cgroup delegation); a submission that spins many threads competes with the others for the "
+                    "CPUs, within its CPU-time limit")
+        return f"a control group per sandbox (cgroup {group.version}), capped at Limits.cpus CPUs"
+    finally:
+        group.close()
 
 
 # --------------------------------------------------------------------------------------
@@ -86,7 +215,10 @@ def isolation(refresh: bool = False) -> dict:
         return _ISOLATION
     notes: list[str] = []
     forced = os.environ.get("GRADING_ISOLATION", "")
-    result = {"mode": "basic", "uid": None, "network": "on", "filesystem": "shared", "notes": notes}
+    result = {"mode": "basic", "uid": None, "network": "on", "filesystem": "shared", "notes": notes,
+              "cpu": cpu_isolation()}
+    if result["cpu"].startswith("not isolated"):
+        notes.append(f"CPU {result['cpu']}")
     bwrap = shutil.which("bwrap")
     if forced == "basic":
         notes.append("bubblewrap not used (GRADING_ISOLATION=basic)")
@@ -243,6 +375,7 @@ class Attempt:
     seconds: float
     log_tail: str = ""
     cpu_s: float = 0.0  # CPU time of the sandbox processes
+    throttled: int = 0  # scheduling periods in which the sandbox's CPU quota held it back
 
     def failure(self) -> str:
         """What happened to the process, in words for the learner."""
@@ -276,13 +409,15 @@ def _user_process_count() -> int:
     return n
 
 
-def _preexec(limits: Limits, drop_net: bool, shared_uid: bool = False):
+def _preexec(limits: Limits, drop_net: bool, shared_uid: bool = False, group: CpuGroup | None = None):
     import resource
 
     # Without a uid of its own the sandbox shares the grading user's process count.
     nproc = limits.nproc + (_user_process_count() if shared_uid else 0)
 
     def fn():
+        if group is not None:
+            group.join()
         os.setsid()
         mem = limits.memory_mb << 20
         resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
@@ -463,10 +598,11 @@ def run_attempt(bundle: Path, job: dict, limits: Limits, n_cases: dict[str, int]
     pos = 0
     buf = b""
     last_size_check = 0.0
+    group = CpuGroup(limits.cpus)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
-                                env=env, preexec_fn=_preexec(limits, drop_net, uid is None and os.geteuid() != 0),
-                                close_fds=True)
+                                env=env, preexec_fn=_preexec(limits, drop_net, uid is None and os.geteuid() != 0,
+                                                             group), close_fds=True)
         try:
             while True:
                 rc = proc.poll()
@@ -529,6 +665,7 @@ def run_attempt(bundle: Path, job: dict, limits: Limits, n_cases: dict[str, int]
         finally:
             _terminate(proc, uid)
             os.close(status_fd)
+            throttled = group.close()
     rc = proc.returncode
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
@@ -539,7 +676,7 @@ def run_attempt(bundle: Path, job: dict, limits: Limits, n_cases: dict[str, int]
     except (OSError, HostileFile):
         tail = ""
     return Attempt(events=events, finished=finished, killed=killed, returncode=rc, unit=unit, out_dir=out_dir,
-                   seconds=time.monotonic() - t0, log_tail=tail, cpu_s=cpu)
+                   seconds=time.monotonic() - t0, log_tail=tail, cpu_s=cpu, throttled=throttled)
 
 
 def _event_key(ev, job, n_cases, n_cells):

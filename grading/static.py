@@ -49,6 +49,8 @@ INTROSPECTION_ATTRS = {"__globals__", "__closure__", "__code__", "__builtins__",
                        "f_back", "f_globals", "f_locals", "f_code", "f_builtins", "tb_frame", "tb_next", "gi_frame",
                        "cr_frame", "ag_frame", "co_code", "__reduce__", "__reduce_ex__", "__kwdefaults__",
                        "__defaults__", "__mro__", "__base__", "__bases__"}
+# Module attributes a learner may set: display, plotting and determinism switches.
+HARMLESS_SETTINGS = ("torch.backends.", "matplotlib.", "pandas.options.", "tqdm.")
 PROCESS_MODULES = ("subprocess", "multiprocessing", "concurrent", "pty", "threading", "asyncio.subprocess")
 PROCESS_NAMES = {"os.system", "os.popen", "os.fork", "os.forkpty", "os.execv", "os.execve", "os.execl",
                  "os.execlp", "os.execvp", "os.execvpe", "os.spawnl", "os.spawnv", "os.spawnve", "os.spawnlp",
@@ -292,6 +294,40 @@ def _names_a_module(node, path: str, aliases: dict, import_roots: set) -> bool:
     return aliases[base.id].split(".")[0] in import_roots
 
 
+def _module_stores(node, aliases: dict) -> list:
+    """(expression, verb) for each attribute ``node`` writes or deletes that may belong to
+    a module: ``torch.Tensor.backward = f``, ``F.softmax += 0``, ``del np.allclose``,
+    ``setattr(torch, "allclose", f)``; the caller keeps those that lead to a module."""
+    out = []
+
+    def flatten(t):
+        if isinstance(t, (ast.Tuple, ast.List)):
+            for e in t.elts:
+                flatten(e)
+        elif isinstance(t, ast.Starred):
+            flatten(t.value)
+        elif isinstance(t, ast.Attribute):
+            out.append((t, "deletes" if isinstance(t.ctx, ast.Del) else "changes"))
+
+    if isinstance(node, ast.Assign):
+        for t in node.targets:
+            flatten(t)
+    elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+        flatten(node.target)
+    elif isinstance(node, ast.Delete):
+        for t in node.targets:
+            flatten(t)
+    elif isinstance(node, (ast.For, ast.AsyncFor, ast.With, ast.AsyncWith, ast.comprehension)):
+        for t in ([node.target] if hasattr(node, "target") else
+                  [i.optional_vars for i in node.items if i.optional_vars is not None]):
+            flatten(t)
+    elif isinstance(node, ast.Call) and _dotted(node.func, aliases) in ("setattr", "delattr") and \
+            len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str):
+        verb = "changes" if _dotted(node.func, aliases) == "setattr" else "deletes"
+        out.append((ast.Attribute(value=node.args[0], attr=node.args[1].value, ctx=ast.Store()), verb))
+    return out
+
+
 def _is_call_target(name_node, tree) -> bool:
     for n in ast.walk(tree):
         if isinstance(n, ast.Call) and n.func is name_node:
@@ -501,6 +537,12 @@ def analyse(student_cells: list, course_cells: list, exercises: list, forbidden:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in DISPATCH_HOOKS:
                 add(["*"], f"defines {node.name}, which takes over what torch does with your objects: the grader "
                     "does not allow it in submitted code", label, node)
+            for target, how in _module_stores(node, aliases):
+                path = _dotted(target, aliases)
+                if path and not path.startswith(HARMLESS_SETTINGS) and \
+                        _names_a_module(target, path, aliases, import_roots):
+                    add(["*"], f"{how} {path}: tampering, review. The checks run beside your code and use these "
+                        "modules; submitted code may read a module, not rewrite it", label, node)
             if isinstance(node, ast.Name) and node.id in ("getattr", "setattr", "delattr") and \
                     not _is_call_target(node, tree):
                 add(["*"], f"passes {node.id} around as a value: the grader cannot tell what it reaches", label, node)

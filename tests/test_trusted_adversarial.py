@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import pytest
 
@@ -61,7 +62,7 @@ def test_the_suite_covers_the_attacks_the_issue_lists():
                    "invalid-json", "empty-notebook", "other-chapter", "fifo-progress-file",
                    "result-links-to-dev-zero", "lone-surrogate-comment", "very-deep-expression",
                    "future-flag-hides-a-cell", "c-function-behind-forbidden", "code-run-from-a-string",
-                   "dispatch-subclass", "look-for-references"]:
+                   "dispatch-subclass", "look-for-references", "patch-after-the-call"]:
         assert needed in names, needed
 
 
@@ -121,7 +122,9 @@ def test_feedback_says_what_happened(graded):
     assert "exited early" in fb("os-exit", "ch01.perplexity")
     assert "SystemExit" in fb("sys-exit", "ch01.bigram_probs")
     assert "torch.nn.functional.cross_entropy" in fb("forbidden-direct", "ch01.cross_entropy")
-    assert "MemoryError" in fb("memory-bomb", "ch01.bigram_probs")
+    # RLIMIT_AS raises MemoryError; on a machine short of memory the kernel may kill the
+    # process first (SIGKILL), and the feedback names the memory limit instead
+    assert re.search(r"MemoryError|memory limit", fb("memory-bomb", "ch01.bigram_probs"))
     assert "NaN" in fb("returns-nan", "ch01.perplexity")
     assert "changed its inputs" in fb("mutates-input", "ch01.bigram_counts")
     assert "not valid JSON" in fb("invalid-json", "ch01.bigram_counts")

@@ -216,6 +216,15 @@ def test_selfcheck_gives_the_reference_full_marks_through_the_sandbox(capsys):
     ("from torch.utils._python_dispatch import TorchDispatchMode", {"*"}),
     ("import torch.library", {"*"}),
     ("import sys\nsys.setrecursionlimit(100000)", {"*"}),
+    # rewriting a module that the code beside the learner's also uses: tampering
+    ("torch.nn.functional.cross_entropy = lambda l, t: 0", {"*", "ch01.cross_entropy", "ch01.perplexity"}),
+    ("torch.Tensor.backward = lambda self, *a: None", {"*"}),
+    ("G = F\nG.softmax = None", {"*"}),
+    ("setattr(torch, 'allclose', lambda *a, **k: True)", {"*"}),
+    ("del torch.Tensor.item", {"*"}),
+    ("import numpy as np\nnp.testing.assert_allclose, x = print, 1", {"*"}),
+    ("def cross_entropy(l, t):\n    torch.isfinite = lambda x: torch.ones_like(x, dtype=bool)\n    return l.sum()",
+     {"*"}),
 ])
 def test_static_check_closes_bypass_classes(code, hit):
     found, messages = findings(code)
@@ -232,6 +241,11 @@ def test_static_check_closes_bypass_classes(code, hit):
     # variables that share a name with a refused module are not that module
     "def bigram_counts(ids, v):\n    code = torch.tensor([1])\n    types = code.shape\n    return code.sum()",
     "trace = [1, 2]\nprofile = {'a': trace}\nprint(len(trace), profile)",
+    # attributes of the learner's own objects, and settings that only change display or determinism
+    "w = torch.zeros(3)\nw.requires_grad = True\nm = torch.nn.Linear(2, 2)\nm.weight.data = torch.ones(2, 2)",
+    "class M(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n        self.w = torch.zeros(2)",
+    "torch.backends.cudnn.deterministic = True",
+    "import matplotlib.pyplot as plt\nplt.rcParams['figure.dpi'] = 90",
 ])
 def test_static_check_still_leaves_honest_code_alone(code):
     found, messages = findings(code)

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core import compare_tensors
+from ..core import compare_tensors, single_thread
 
 
 # ----------------------------------------------------------------------------------------
@@ -113,7 +113,7 @@ def build_gpt(spec: dict) -> GraderGPT:
 # Runners
 # ----------------------------------------------------------------------------------------
 def run_generate_batch(fn, spec, prompts, max_new_tokens, pad_id):
-    with torch.no_grad():
+    with torch.no_grad(), single_thread():
         return fn(build_gpt(spec), prompts, max_new_tokens, pad_id)
 
 
@@ -122,7 +122,7 @@ def run_speculative(fn, target_spec, draft_spec, prompt, max_new_tokens, k):
     # wrong answer walks off that path, where two logits can be close: in float32 the
     # thread count could flip them, and then the wrong answer would no longer match the
     # mistake it makes.
-    with torch.no_grad():
+    with torch.no_grad(), single_thread():
         target, draft = build_gpt(target_spec).double(), build_gpt(draft_spec).double()
         return fn(target, draft, prompt, max_new_tokens, k)
 

@@ -31,7 +31,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from ..core import Case, Exercise, Mistake, compare_tensors, hidden_seed, register
+from ..core import Case, Exercise, Mistake, compare_tensors, hidden_seed, register, single_thread
 from ..drivers.ch18_inference import (build_gpt, compare_absmax, compare_exact, compare_grad, compare_groupwise,
                                       compare_nf4, compare_speculative, compare_zeropoint, run_distill_grad,
                                       run_generate_batch, run_speculative)
@@ -834,7 +834,7 @@ def _greedy(spec_model, prompt: list[int], n: int):
     and the smallest top-1 / top-2 logit gap on the way: a check may only rely on choices
     that float32 rounding cannot flip."""
     seq, gap = list(prompt), float("inf")
-    with torch.no_grad():
+    with torch.no_grad(), single_thread():  # tiny matrices: a second thread only waits
         for _ in range(n):
             top2, best = spec_model(torch.tensor([seq]))[0, -1].topk(2)
             gap = min(gap, float(top2[0] - top2[1]))
@@ -871,7 +871,7 @@ def _hf_batch(key, prompts, n, pad_id):
     L = max(len(p) for p in prompts)
     ids = torch.tensor([[pad_id] * (L - len(p)) + list(p) for p in prompts])
     mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts])
-    with _quiet(), torch.no_grad():
+    with _quiet(), torch.no_grad(), single_thread():
         out = hf.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=n, pad_token_id=pad_id)
     return out[:, L:].clone()
 
@@ -1031,12 +1031,13 @@ def _speculative_expected(tkey, dkey, seed, length, n, k):
     """HF assisted generation (the target's output, the draft as assistant), and the rounds
     from HF's greedy continuations of the target and of the draft."""
     prompt = list(_speculative_case(tkey, dkey, seed, length, n, k))
-    with _quiet(), torch.no_grad():
+    with _quiet(), torch.no_grad(), single_thread():
         out = _hf_cached(tkey).generate(torch.tensor([prompt]), attention_mask=torch.ones(1, length, dtype=torch.long),
                                         do_sample=False, max_new_tokens=n, assistant_model=_draft_hf(dkey))
     tokens = out[0, length:].tolist()
-    accepted, _ = _rounds(_hf_greedy(_hf_cached(tkey), prompt, n), lambda s, g: (_hf_greedy(_draft_hf(dkey), s, g), 1.0),
-                          prompt, n, k)
+    with single_thread():
+        accepted, _ = _rounds(_hf_greedy(_hf_cached(tkey), prompt, n),
+                              lambda s, g: (_hf_greedy(_draft_hf(dkey), s, g), 1.0), prompt, n, k)
     return tokens, accepted
 
 

@@ -75,7 +75,7 @@ def case(name, what, expected):
 
 # ---- replaced assertion and comparison helpers ------------------------------------------
 @case("patch-torch-helpers", "replaces torch.allclose, torch.equal, torch.testing.assert_close; wrong cross_entropy "
-      "(which the correct perplexity calls)", {"ch01.cross_entropy": 0, "ch01.perplexity": 0})
+      "(which the correct perplexity calls): rewriting a module is tampering", {"*": 0})
 def _(ctx):
     return _sub(ctx, {"ch01.cross_entropy": "import torch, torch.testing\n"
                       "torch.allclose = lambda *a, **k: True\ntorch.equal = lambda *a, **k: True\n"
@@ -83,16 +83,16 @@ def _(ctx):
                       "def cross_entropy(logits, targets):\n    return torch.tensor(0.0)\n"})
 
 
-@case("patch-numpy-testing", "replaces numpy.testing.assert_allclose and numpy.allclose; wrong bigram_probs",
-      {"ch01.bigram_probs": 0})
+@case("patch-numpy-testing", "replaces numpy.testing.assert_allclose and numpy.allclose; wrong bigram_probs: "
+      "rewriting a module is tampering", {"*": 0})
 def _(ctx):
     return _sub(ctx, {"ch01.bigram_probs": "import numpy, numpy.testing, torch\n"
                       "numpy.testing.assert_allclose = lambda *a, **k: None\nnumpy.allclose = lambda *a, **k: True\n"
                       "def bigram_probs(counts, alpha=1.0):\n    return torch.ones(counts.shape) / 2\n"})
 
 
-@case("patch-check", "replaces autograder.check with one that always passes; wrong perplexity",
-      {"ch01.perplexity": 0})
+@case("patch-check", "replaces autograder.check with one that always passes; wrong perplexity: rewriting a "
+      "module is tampering", {"*": 0})
 def _(ctx):
     return _sub(ctx, {"ch01.perplexity": "import autograder\n"
                       "autograder.check = lambda *a, **k: print('all checks passed')\ncheck = autograder.check\n"
@@ -219,8 +219,8 @@ def _(ctx):
     return _sub(ctx, {"ch01.perplexity": body})
 
 
-@case("fake-result-file", "patches json.dump so the sandbox's result file claims bigram_counts passed",
-      {"ch01.bigram_counts": 0})
+@case("fake-result-file", "patches json.dump so the sandbox's result file claims bigram_counts passed: the "
+      "grader never trusts that file's verdicts, and rewriting a module is tampering", {"*": 0})
 def _(ctx):
     forge = ("import json\n_real_dump = json.dump\n"
              "def _forged(obj, fp, *a, **k):\n"
@@ -542,3 +542,13 @@ def _(ctx):
                       "                        return torch.bincount(flat, minlength=vocab_size ** 2)"
                       ".view(vocab_size, vocab_size)\n"
                       "    raise RuntimeError('no reference found')\n"})
+
+
+@case("patch-after-the-call", "cross_entropy returns a wrong value and replaces torch.Tensor.item and "
+      "torch.Tensor.tolist, which code after the call may use to read it: tampering", {"*": 0})
+def _(ctx):
+    return _sub(ctx, {"ch01.cross_entropy": "import torch\n"
+                      "_item = torch.Tensor.item\n"
+                      "torch.Tensor.item = lambda self: 0.0\n"
+                      "setattr(torch.Tensor, 'tolist', lambda self: [])\n"
+                      "def cross_entropy(logits, targets):\n    return torch.tensor(0.0)\n"})
