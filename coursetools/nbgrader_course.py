@@ -123,6 +123,9 @@ def vendor(dest: Path, chapter_number: int) -> None:
             shutil.copy2(path, sol / path.name)
     if chapter_number >= 7:  # chapter 7's pretrained model, loaded from chapter 7 on
         shutil.copytree(ROOT / "models", dest / "models", dirs_exist_ok=True)
+    if chapter_number >= 20:  # the capstone's document store: the book's earlier chapters
+        shutil.copytree(ROOT / "content", dest / "content", dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("ch2[0-9]_*"))
 
 
 def publish(release_dir: Path, chapter_id: str) -> Path:

@@ -648,9 +648,9 @@ def best_time(fn, repeat: int = 3) -> float:
 
 
 def to_hf_gpt2(model: GPT, pad_id: int = 0):
-    """A Hugging Face ``GPT2LMHeadModel`` with the weights of a chapter-7 GPT: chapter 10's
-    conversion, set up to generate from left-padded batches (``pad_id`` pads, and no token
-    ends a sequence early)."""
+    """A Hugging Face ``GPT2LMHeadModel`` with the weights of a chapter-7 GPT:
+    chapter 10's conversion, set up to generate from left-padded batches (``pad_id``
+    pads, and no token ends a sequence early)."""
     hf = chapter10_to_hf_gpt2(model).eval()
     for cfg in (hf.config, hf.generation_config):
         cfg.pad_token_id = cfg.bos_token_id = pad_id
