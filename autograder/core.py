@@ -686,7 +686,23 @@ def _describe_exception(exc: BaseException, limit: int = 3) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
+def case_state():
+    """The state every case runs in, whatever ran before it left behind: autograd on.
+
+    Code earlier in a notebook (``torch.set_grad_enabled(False)`` in an experiment cell, a
+    ``no_grad`` block left open in a suspended generator) must not turn the checks that
+    need gradients into failures; a driver that wants no gradients says so itself."""
+    import torch
+
+    return torch.enable_grad()
+
+
 def _run_case(ex: Exercise, case: Case, submission: Any, diagnoser: "Diagnoser | None" = None) -> CheckResult:
+    with case_state():
+        return _run_case_in_state(ex, case, submission, diagnoser)
+
+
+def _run_case_in_state(ex: Exercise, case: Case, submission: Any, diagnoser: "Diagnoser | None") -> CheckResult:
     t0 = time.perf_counter()
     args, kwargs = copy.deepcopy(case.args), copy.deepcopy(case.kwargs)
     before = (_snapshot(args), _snapshot(kwargs)) if case.check_mutation else None
@@ -734,9 +750,10 @@ def _run_case(ex: Exercise, case: Case, submission: Any, diagnoser: "Diagnoser |
     if before is not None and before[0] is not None and not (_same(before[0], args) and _same(before[1], kwargs)):
         return CheckResult(case.name, False, "your function changed its inputs in place; leave them untouched "
                            "(work on a copy)", seconds=time.perf_counter() - t0)
+    # The reference's own failure is the grader's bug, not the learner's: it is not caught here.
+    expected = case.expected() if case.expected is not None else None
+    compare = case.compare or default_compare
     try:
-        expected = case.expected() if case.expected is not None else None
-        compare = case.compare or default_compare
         problem = compare(expected, got)
     except Exception as exc:  # the returned object broke the comparison (wrong type, odd __eq__)
         problem = f"could not compare your result ({type(got).__name__}): {_describe_exception(exc)}"

@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from . import codec
+from . import codec, core
 
 HERE = Path(__file__).resolve().parent
 CONTRACT_DIR = HERE / "contract"
@@ -167,7 +167,8 @@ def audit_exercise(ex) -> list[str]:
                 problems.append(f"{where}: its inputs are not plain data (send a model as config + state dict)")
             if not hidden and c.expected is not None:
                 try:
-                    value = c.expected()
+                    with core.case_state():
+                        value = c.expected()
                 except Exception as exc:
                     problems.append(f"{where}: the expected answer could not be computed: {exc}")
                     continue
@@ -204,14 +205,15 @@ def _describe_case(ex, case) -> dict:
     from .core import CaseTimeout, _Timeout
 
     row = case_spec(case)
+    with core.case_state():
+        expected = case.expected() if case.expected is not None else None
     row.update(compare=callable_spec(case.compare), group=case.group, names=case.names,
-               has_expected=case.expected is not None,
-               expected=case.expected() if case.expected is not None else None)
+               has_expected=case.expected is not None, expected=expected)
     produced = {}
     for i, mistake in enumerate(ex.mistakes):
         args, kwargs = copy.deepcopy(case.args), copy.deepcopy(case.kwargs)
         try:
-            with _Timeout(30.0):
+            with _Timeout(30.0), core.case_state():
                 value = case.run(mistake.produce, *args, **kwargs) if case.run else mistake.produce(*args, **kwargs)
         except (Exception, CaseTimeout):
             continue

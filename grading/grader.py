@@ -169,7 +169,8 @@ def expected_value(ex_id: str, hidden: bool, k: int):
     key = (ex_id, hidden, k)
     if key not in _EXPECTED:
         case = trusted_cases(ex_id, hidden)[k]
-        _EXPECTED[key] = case.expected() if case.expected is not None else None
+        with core.case_state():
+            _EXPECTED[key] = case.expected() if case.expected is not None else None
     return _EXPECTED[key]
 
 
@@ -181,7 +182,9 @@ def mistake_value(ex_id: str, hidden: bool, k: int, m: int):
         mistake = ex.mistakes[m]
         try:
             args, kwargs = copy.deepcopy(case.args), copy.deepcopy(case.kwargs)
-            _MISTAKES[key] = case.run(mistake.produce, *args, **kwargs) if case.run else mistake.produce(*args, **kwargs)
+            with core.case_state():
+                _MISTAKES[key] = (case.run(mistake.produce, *args, **kwargs) if case.run
+                                  else mistake.produce(*args, **kwargs))
         except Exception:
             _MISTAKES[key] = _FAILED
     return _MISTAKES[key]

@@ -424,7 +424,7 @@ def main(job_path: str, out_dir: str) -> int:
                             except BaseException:  # noqa: BLE001
                                 pass
                         guarded = guard.wrap(submission)
-                        with Timer(case_timeout):
+                        with Timer(case_timeout), torch.enable_grad():  # as core.case_state()
                             if case.run is not None:
                                 got = case.run(guarded, *args, **kwargs)
                             else:
