@@ -15,13 +15,7 @@ from pathlib import Path
 
 import pytest
 
-try:
-    from tests.helpers import CHROMIUM, CHROMIUM_ARGS
-except ImportError:  # an older tests/helpers.py
-    CHROMIUM = "/usr/bin/chromium"
-    CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                     "--no-first-run", "--disable-background-networking",
-                     "--disable-component-update", "--disable-sync"]
+from tests.helpers import CHROMIUM, CHROMIUM_ARGS
 
 if not Path(CHROMIUM).exists():
     pytest.skip(f"chromium not found at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
