@@ -63,9 +63,8 @@ def bigram_probs(counts: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
 
     counts: (V, V) tensor of counts, ``counts[a, b]`` = times b followed a.
     Returns a float32 tensor ``P`` of shape (V, V) where row ``a`` is the distribution
-    of
-    the next token after ``a``: ``P[a, b] = (counts[a, b] + alpha) / sum_c (counts[a, c]
-    + alpha)``.
+    of the next token after ``a``:
+    ``P[a, b] = (counts[a, b] + alpha) / sum_c (counts[a, c] + alpha)``.
     Every row sums to 1.
     """
     smoothed = counts.to(torch.float32) + alpha
@@ -115,12 +114,9 @@ def gpt2_param_count(
     """Number of trainable parameters of a GPT-2 language model with this configuration.
 
     GPT-2: token and position embeddings; per layer two LayerNorms (weight and bias),
-    the
-    attention (a fused q|k|v projection d -> 3d and an output projection d -> d, both
-    with
-    bias) and the MLP (d -> 4d -> d, with biases); a final LayerNorm; the output layer
-    shares
-    its weight with the token embedding (tied), so it adds nothing.
+    the attention (a fused q|k|v projection d -> 3d and an output projection d -> d,
+    both with bias) and the MLP (d -> 4d -> d, with biases); a final LayerNorm; the
+    output layer shares its weight with the token embedding (tied), so it adds nothing.
     """
     d = n_embd
     embeddings = vocab_size * d + n_positions * d

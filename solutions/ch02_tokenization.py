@@ -35,8 +35,7 @@ def bytes_to_unicode() -> dict[int, str]:
 
     Printable bytes (33..126, 161..172, 174..255) map to themselves; the other 68 bytes
     (controls, space, ...) map to chr(256 + n) in order, so every token is a visible
-    string
-    (a space becomes 'Ġ', a newline 'Ċ').
+    string (a space becomes 'Ġ', a newline 'Ċ').
     """
     printable = set(range(33, 127)) | set(range(161, 173)) | set(range(174, 256))
     others = [b for b in range(256) if b not in printable]
@@ -50,10 +49,9 @@ def bert_normalize(text: str) -> list[str]:
 
     In the order `tokenizers`' BertNormalizer + BertPreTokenizer apply them: drop NUL,
     U+FFFD and control, format, private-use characters (Cc, Cf, Co, Cs; not unassigned
-    Cn)
-    except tab/newline/CR; turn whitespace into ' '; put spaces around CJK ideographs;
-    strip accents (NFD, drop category Mn); lowercase character by character; split on
-    whitespace; cut every punctuation character out as a word of its own.
+    Cn) except tab/newline/CR; turn whitespace into ' '; put spaces around CJK
+    ideographs; strip accents (NFD, drop category Mn); lowercase character by character;
+    split on whitespace; cut every punctuation character out as a word of its own.
     """
     def is_cjk(cp):
         # CJK Unified Ideographs blocks (not Hangul or kana). `tokenizers` starts the
@@ -153,8 +151,7 @@ def train_bpe(text: str, vocab_size: int, special_tokens: list[str] = ()
     words. Every merge step: among adjacent pairs inside words, counted with the word's
     frequency, take the pair with the highest count, ties broken by the smallest
     (id_left, id_right); append it to `merges`, add the joined string to `vocab` (unless
-    it
-    is there already) and replace the pair, left to right, in every word that has it.
+    it is there already) and replace the pair, left to right, in every word that has it.
     Stop at len(vocab) == vocab_size or when no pair is left (count 0).
     Update pair counts incrementally: recounting everything every step is too slow.
     """
@@ -179,8 +176,8 @@ def train_bpe(text: str, vocab_size: int, special_tokens: list[str] = ()
             stats[pair] += freqs[i]
             where[pair].add(i)
     # Max-heap via negated counts; (-count, pair) pops the highest count, then the
-    # smallest
-    # pair. Entries go stale when counts drop: they are re-queued when popped (lazy).
+    # smallest pair. Entries go stale when counts drop: they are re-queued when popped
+    # (lazy).
     tiebreak = itertools.count()
     heap = [(-stats[p], p, next(tiebreak), pos) for p, pos in where.items()]
     heapq.heapify(heap)
@@ -228,14 +225,12 @@ def bpe_encode(text: str, vocab: dict[str, int], merges: list[tuple[str, str]],
                special_tokens: list[str] = ()) -> list[int]:
     """Encode `text` to token ids with a trained byte-level BPE.
 
-    Special tokens found in `text` become their own id (the longest wins where two
-    start at the same place). The rest is pre-tokenized (`pretokenize`); each word's
-    UTF-8
+    Special tokens found in `text` become their own id (the longest wins where two start
+    at the same place). The rest is pre-tokenized (`pretokenize`); each word's UTF-8
     bytes are mapped with `bytes_to_unicode`, then merges are applied inside the word:
     repeatedly merge the adjacent pair of lowest rank (its index in `merges`), the
-    leftmost
-    one first, until no adjacent pair is in `merges`. Output: vocab ids of the final
-    pieces.
+    leftmost one first, until no adjacent pair is in `merges`. Output: vocab ids of the
+    final pieces.
     """
     byte_chr = bytes_to_unicode()
     rank = {pair: r for r, pair in enumerate(merges)}
@@ -294,10 +289,9 @@ def wordpiece_word(word: str, vocab: dict[str, int], unk_token: str = "[UNK]",
     """Split one pre-tokenized word into WordPiece tokens, greedy longest match first.
 
     From the start of the word take the longest prefix in `vocab`; then from where it
-    ended, the longest '##'-prefixed continuation in `vocab`, and so on.
-    "unaffable" -> ["una", "##ffa", "##ble"] (if those are in vocab). If some position
-    has
-    no match, or the word has more than `max_chars` characters, return [unk_token].
+    ended, the longest '##'-prefixed continuation in `vocab`, and so on. "unaffable" ->
+    ["una", "##ffa", "##ble"] (if those are in vocab). If some position has no match, or
+    the word has more than `max_chars` characters, return [unk_token].
     """
     if len(word) > max_chars:
         return [unk_token]
@@ -335,15 +329,12 @@ def unigram_segment(text: str, pieces: dict[str, float]) -> list[str]:
 
     First make whitespace a symbol: s = '▁' + text.replace(' ', '▁') ('' gives []). Then
     pick the split of s into pieces that maximises the sum of their scores
-    (log-probabilities), by dynamic programming (Viterbi) over end positions:
-    best[e] = max over pieces s[b:e] of best[b] + score. A character that is not a piece
-    by
-    itself may also be taken as an unknown one-character piece of score min(scores) -
-    10;
-    in the result, runs of adjacent unknowns are joined into one piece.
+    (log-probabilities), by dynamic programming (Viterbi) over end positions: best[e] =
+    max over pieces s[b:e] of best[b] + score. A character that is not a piece by itself
+    may also be taken as an unknown one-character piece of score min(scores) - 10; in
+    the result, runs of adjacent unknowns are joined into one piece.
     Returns the pieces in order; ''.join(result) == s. Equal-score splits (the same
-    pieces
-    in another order) are rare; any of them is accepted.
+    pieces in another order) are rare; any of them is accepted.
     """
     if not text:
         return []

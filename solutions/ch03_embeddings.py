@@ -25,9 +25,8 @@ def embed_onehot(ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     ids: int64 tensor of any shape (...), every id in [0, V).
     weight: float tensor (V, d), one row per token.
     Returns a tensor (..., d) with ``out[..., :] = weight[ids[...], :]``, in weight's
-    dtype,
-    computed as ``one_hot(ids, V) @ weight`` so that the gradient flows to ``weight``
-    exactly as it does through ``nn.Embedding``.
+    dtype, computed as ``one_hot(ids, V) @ weight`` so that the gradient flows to
+    ``weight`` exactly as it does through ``nn.Embedding``.
     """
     one_hot = F.one_hot(ids, num_classes=weight.shape[0]).to(weight.dtype)  # (..., V)
     return one_hot @ weight  # (..., V) @ (V, d) -> (..., d)

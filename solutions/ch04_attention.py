@@ -140,8 +140,8 @@ def grouped_query_attention(
     q: (B, n_heads, T_q, d_head); k, v: (B, n_kv_heads, T_k, d_head), n_heads a multiple
     of n_kv_heads. Query heads are grouped in order: with g = n_heads // n_kv_heads,
     query heads 0 .. g-1 use key/value head 0, heads g .. 2g-1 use head 1, and so on
-    (query head h uses key/value head h // g).
-    mask, is_causal: as in ``scaled_dot_product_attention``.
+    (query head h uses key/value head h // g). mask, is_causal: as in
+    ``scaled_dot_product_attention``.
     Returns (B, n_heads, T_q, d_head).
     """
     group = q.shape[1] // k.shape[1]
@@ -162,10 +162,8 @@ def reversal_batch(
     10.
 
     Returns (inputs, targets), both (batch_size, 2 * n_digits) int64: the sequence
-    without
-    its last token, and the sequence shifted by one. Targets before SEP are -100
-    (ignored
-    by cross-entropy): the first half is random and cannot be predicted.
+    without its last token, and the sequence shifted by one. Targets before SEP are -100
+    (ignored by cross-entropy): the first half is random and cannot be predicted.
     """
     digits = torch.randint(0, 10, (batch_size, n_digits), generator=generator)
     sep = torch.full((batch_size, 1), 10)

@@ -2,8 +2,8 @@
 
 Reference solutions. Each exercise class's docstrings are the specification the learner
 reads; the method bodies are the reference solution. Parameter names (``weight``,
-``fc``,
-``ln_1``, ...) are part of the contract: the checks load reference weights by name.
+``fc``, ``ln_1``, ...) are part of the contract: the checks load reference weights by
+name.
 """
 from __future__ import annotations
 

@@ -206,10 +206,8 @@ class KVCache:
 
     ``length`` is the number of cached positions. ``update(k, v)`` appends the keys and
     values of new positions, each (B, n_heads, T_new, d_head), and returns all of them
-    so
-    far, (B, n_heads, length, d_head). Storage grows by doubling, so appending one
-    position
-    costs O(1) on average instead of copying the whole cache every step.
+    so far, (B, n_heads, length, d_head). Storage grows by doubling, so appending one
+    position costs O(1) on average instead of copying the whole cache every step.
     """
 
     def __init__(self):
@@ -297,15 +295,12 @@ def generate(
     """Append ``max_new_tokens`` tokens to each prompt in idx, one at a time.
 
     model: a GPT (``model(idx)`` gives logits; ``model.blocks``;
-    ``model.config.block_size``).
-    idx: (B, T) int64 prompts. temperature == 0 means greedy (argmax of the last
-    position's
-    logits); otherwise sample from softmax(process_logits(...)) with
-    ``torch.multinomial(..., generator=generator)``.
+    ``model.config.block_size``). idx: (B, T) int64 prompts. temperature == 0 means
+    greedy (argmax of the last position's logits); otherwise sample from
+    softmax(process_logits(...)) with ``torch.multinomial(..., generator=generator)``.
     use_cache=False: run the model on the whole sequence (its last block_size tokens) at
     every step. use_cache=True: one forward_with_cache on the prompt (the "prefill"),
-    then
-    one per new token, feeding only that token; prompt + new tokens must fit in
+    then one per new token, feeding only that token; prompt + new tokens must fit in
     block_size.
     Returns (B, T + max_new_tokens).
     """

@@ -82,13 +82,12 @@ def get_batch(
 
     data: int64 tensor (N,), the whole token stream, N > block_size.
     Draw ``batch_size`` start positions ``s`` independently and uniformly from every
-    start
-    whose window fits: ``s`` in {0, 1, ..., N - block_size - 1} (that is N - block_size
-    choices), using ``torch.randint(..., generator=generator)`` so a seeded generator
-    reproduces the batch. Return ``(x, y)``, two int64 tensors of shape
+    start whose window fits: ``s`` in {0, 1, ..., N - block_size - 1} (that is N -
+    block_size choices), using ``torch.randint(..., generator=generator)`` so a seeded
+    generator reproduces the batch. Return ``(x, y)``, two int64 tensors of shape
     (batch_size, block_size): ``x[b] = data[s_b : s_b + block_size]`` and ``y`` the same
-    window shifted by one, ``y[b] = data[s_b + 1 : s_b + block_size + 1]``
-    (``y[b, t]`` is the token that follows ``x[b, :t + 1]``).
+    window shifted by one, ``y[b] = data[s_b + 1 : s_b + block_size + 1]`` (``y[b, t]``
+    is the token that follows ``x[b, :t + 1]``).
     """
     starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
     # One gather for the whole batch: row b holds the T + 1 tokens data[s_b : s_b
@@ -101,12 +100,10 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The language-modelling loss: mean over every position of -log p(target).
 
     logits: float tensor (B, T, V), unnormalised scores for the next token at each of
-    the
-    T positions of B sequences; targets: int64 tensor (B, T).
-    Returns a 0-dim tensor, ``-(1 / (B T)) sum_{b,t} log softmax(logits[b,
-    t])[targets[b, t]]``,
-    differentiable with respect to ``logits``. Must not overflow for logits in the
-    thousands.
+    the T positions of B sequences; targets: int64 tensor (B, T).
+    Returns a 0-dim tensor,
+    ``-(1 / (B T)) sum_{b,t} log softmax(logits[b, t])[targets[b, t]]``, differentiable
+    with respect to ``logits``. Must not overflow for logits in the thousands.
     """
     # log-sum-exp over the vocabulary with the maximum taken out (detached: it cancels).
     m = logits.max(dim=-1, keepdim=True).values.detach()
@@ -120,8 +117,7 @@ class AdamW(torch.optim.Optimizer):
 
     A subclass of ``torch.optim.Optimizer``, so it has ``param_groups``, ``state``,
     ``zero_grad()``, ``state_dict()`` and ``load_state_dict()`` for free, and a
-    scheduler
-    can change ``group["lr"]`` between steps.
+    scheduler can change ``group["lr"]`` between steps.
     """
 
     def __init__(
@@ -146,12 +142,10 @@ class AdamW(torch.optim.Optimizer):
         """One update of every parameter that has a gradient (``p.grad is not None``).
 
         For each group read ``lr``, ``betas = (b1, b2)``, ``eps``, ``weight_decay = wd``
-        from
-        the group dict (they may change between steps). For each parameter ``p`` with
-        gradient ``g``, keep in ``self.state[p]`` its own step count ``t`` (the number
-        of
-        updates it has received, starting at 1) and two running averages ``m`` and ``v``
-        (zeros at first, same shape as ``p``), then:
+        from the group dict (they may change between steps). For each parameter ``p``
+        with gradient ``g``, keep in ``self.state[p]`` its own step count ``t`` (the
+        number of updates it has received, starting at 1) and two running averages ``m``
+        and ``v`` (zeros at first, same shape as ``p``), then:
 
             m = b1 m + (1 - b1) g              v = b2 v + (1 - b2) g^2
             m_hat = m / (1 - b1^t)             v_hat = v / (1 - b2^t)
@@ -212,8 +206,8 @@ def clip_grad_norm(parameters, max_norm: float) -> torch.Tensor:
     ``max_norm``.
 
     parameters: an iterable of tensors (it may be a generator such as
-    ``model.parameters()``:
-    read it only once); those whose ``.grad`` is None are skipped.
+    ``model.parameters()``: read it only once); those whose ``.grad`` is None are
+    skipped.
     The global norm is ``sqrt(sum over every gradient element of g^2)``, across all the
     parameters at once. If it exceeds ``max_norm``, multiply every gradient in place by
     ``max_norm / (norm + 1e-6)``; otherwise leave them unchanged.
@@ -270,8 +264,7 @@ def load_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimize
 
     Read it with ``torch.load(path, weights_only=True)``; load the model's and the
     optimizer's state dicts into ``model`` and ``optimizer``; restore the global RNG
-    with
-    ``torch.set_rng_state`` and ``generator`` with ``generator.set_state``.
+    with ``torch.set_rng_state`` and ``generator`` with ``generator.set_state``.
     Returns the saved ``step`` (an int): the index of the next update to run.
     """
     state = torch.load(path, weights_only=True)
@@ -382,9 +375,9 @@ class GPT(nn.Module):
         # tied: one V x C matrix reads and writes tokens
         self.lm_head.weight = self.wte.weight
         self.apply(self._init_weights)
-        # GPT-2's scaled init: each residual branch adds to the stream, so
-        # shrink its output
-        # layer by 1/sqrt(2 n_layer) to keep the stream's variance flat through depth.
+        # GPT-2's scaled init: each residual branch adds to the stream, so shrink its
+        # output layer by 1/sqrt(2 n_layer) to keep the stream's variance flat through
+        # depth.
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
@@ -553,14 +546,10 @@ def train(
     """Train ``model`` for ``cfg.steps`` updates; returns the history.
 
     The components are passed in (the learner's own in the chapter). Every
-    ``eval_every``
-    steps (and at the end) the train and validation losses are estimated on fixed
-    batches
-    and ``on_eval(step, model)`` is called (to draw a sample, say). The history holds
-    the
-    per-step loss, learning rate and gradient norm, the evaluations and the seconds
-    spent
-    training (evaluation excluded).
+    ``eval_every`` steps (and at the end) the train and validation losses are estimated
+    on fixed batches and ``on_eval(step, model)`` is called (to draw a sample, say). The
+    history holds the per-step loss, learning rate and gradient norm, the evaluations
+    and the seconds spent training (evaluation excluded).
     """
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)

@@ -42,8 +42,7 @@ def wordpiece_tokenizer():
     ``tokenizers.Tokenizer``.
 
     Its ``tokenizer.json`` pads and truncates to 128 by default; both are switched off
-    here,
-    so ``encode(text).ids`` is ``[CLS] ... [SEP]`` with nothing added.
+    here, so ``encode(text).ids`` is ``[CLS] ... [SEP]`` with nothing added.
     """
     from tokenizers import Tokenizer
 
@@ -73,8 +72,7 @@ def mask_tokens(
     uniformly from ``range(vocab_size)`` with probability 0.1, and stays unchanged with
     probability 0.1. Returns ``(inputs, labels)``, both int64 (B, T): ``inputs`` the
     corrupted copy (``input_ids`` itself is left untouched); ``labels`` the original id
-    at
-    selected positions and -100 everywhere else. Draw every random number with
+    at selected positions and -100 everywhere else. Draw every random number with
     ``generator``.
     """
     special = torch.isin(
@@ -126,19 +124,16 @@ def span_corruption(
     """T5's span corruption (Raffel et al., 2020) of one sequence of ids.
 
     Counts, with Python's ``round``: ``n_noise = round(len(tokens) * noise_density)``
-    clipped
-    to ``[1, len(tokens) - 1]``; ``n_spans = max(1, round(n_noise /
-    mean_span_length))``.
+    clipped to ``[1, len(tokens) - 1]``;
+    ``n_spans = max(1, round(n_noise / mean_span_length))``.
     Split the noise tokens into ``n_spans`` non-empty spans of random lengths and place
-    them at
-    random, separated by non-empty runs of kept tokens (as in T5: the sequence is cut
-    into
-    alternating kept/noise runs, each of random positive length, starting with a kept
-    run).
+    them at random, separated by non-empty runs of kept tokens (as in T5: the sequence
+    is cut into alternating kept/noise runs, each of random positive length, starting
+    with a kept run).
     Span k (in order of position) is replaced in the inputs by ``sentinel_ids[k]``; the
     targets list each sentinel followed by the tokens it hid, and end with one more
-    sentinel:
-    ``"a b c d e f"`` -> inputs ``a <s0> d <s1>``, targets ``<s0> b c <s1> e f <s2>``.
+    sentinel: ``"a b c d e f"`` -> inputs ``a <s0> d <s1>``, targets
+    ``<s0> b c <s1> e f <s2>``.
     No end-of-sequence token is added. Returns ``(inputs, targets)`` as lists of ints;
     draw every random number with ``generator``.
     """
@@ -174,10 +169,9 @@ def shift_right(
 
     labels: int64 (B, T), may contain -100 (ignored positions). Returns int64 (B, T):
     position 0 holds ``decoder_start_token_id``, position t holds ``labels[:, t - 1]``,
-    the
-    last label is dropped, and every -100 that moved in becomes ``pad_token_id`` (-100
-    is
-    not a token the embedding can look up). ``labels`` itself is left untouched.
+    the last label is dropped, and every -100 that moved in becomes ``pad_token_id``
+    (-100 is not a token the embedding can look up). ``labels`` itself is left
+    untouched.
     """
     out = torch.full_like(labels, decoder_start_token_id)
     out[:, 1:] = labels[:, :-1]
@@ -193,17 +187,13 @@ def relative_position_bucket(
     """T5's bucket of each relative position ``key_position - query_position``.
 
     relative_position: int64 tensor of any shape. Returns int64 of the same shape,
-    values in
-    ``[0, num_buckets)``. Bidirectional (encoder): half of the buckets for keys at or
-    before the
-    query, the other half (offset by ``num_buckets // 2``) for keys after it; causal
-    (decoder):
-    keys after the query count as distance 0. Within a half of ``n`` buckets and for a
-    distance
-    ``d >= 0``: ``d`` itself when ``d < n // 2``; otherwise
+    values in ``[0, num_buckets)``. Bidirectional (encoder): half of the buckets for
+    keys at or before the query, the other half (offset by ``num_buckets // 2``) for
+    keys after it; causal (decoder): keys after the query count as distance 0. Within a
+    half of ``n`` buckets and for a distance ``d >= 0``: ``d`` itself when
+    ``d < n // 2``; otherwise
     ``n // 2 + int(log(d / (n // 2)) / log(max_distance / (n // 2)) * (n - n // 2))``,
-    computed
-    in float32 and capped at ``n - 1``.
+    computed in float32 and capped at ``n - 1``.
     """
     n = num_buckets // 2 if bidirectional else num_buckets
     if bidirectional:
@@ -213,9 +203,8 @@ def relative_position_bucket(
         offset = torch.zeros_like(relative_position)
         distance = (-relative_position).clamp(min=0)
     exact = n // 2
-    # Log-spaced buckets between `exact` and `max_distance`; clamp(min=1) keeps
-    # log finite
-    # for the small distances, which torch.where discards anyway.
+    # Log-spaced buckets between `exact` and `max_distance`; clamp(min=1) keeps log
+    # finite for the small distances, which torch.where discards anyway.
     scaled = (
         torch.log(distance.clamp(min=1).float() / exact)
         / math.log(max_distance / exact)
@@ -236,8 +225,7 @@ def t5_position_bias(
     """The relative-position bias T5 adds to its attention scores.
 
     bias_table: float (num_buckets, H), one learned scalar per bucket and head. Returns
-    float
-    (1, H, query_length, key_length) where entry ``[0, h, i, j]`` is
+    float (1, H, query_length, key_length) where entry ``[0, h, i, j]`` is
     ``bias_table[bucket(j - i), h]`` (key position minus query position).
     """
     # (q, k)
@@ -259,11 +247,9 @@ def t5_cross_attention(
     """T5's encoder-decoder (cross) attention, without the residual connection.
 
     x: decoder states (B, Tq, d_model); memory: encoder output (B, Tk, d_model);
-    memory_mask: (B, Tk), 1/True for real encoder tokens, 0/False for padding.
-    w_q, w_k, w_v: (H * d_kv, d_model) and w_o: (d_model, H * d_kv), in ``nn.Linear``
-    layout
-    (y = x @ W.T), no biases. Queries come from x, keys and values from memory; no
-    causal
+    memory_mask: (B, Tk), 1/True for real encoder tokens, 0/False for padding. w_q, w_k,
+    w_v: (H * d_kv, d_model) and w_o: (d_model, H * d_kv), in ``nn.Linear`` layout (y =
+    x @ W.T), no biases. Queries come from x, keys and values from memory; no causal
     mask (the whole source is known), no position bias, and, as everywhere in T5, no
     1/sqrt(d_kv) scaling of the scores. Returns (B, Tq, d_model).
     """
@@ -366,9 +352,9 @@ def train_objective(
     ``loss_fn(logits, labels)`` is a loss that skips labels of -100 (``mlm_loss``'s
     signature).
     The causal objective predicts token t + 1 from tokens <= t: its labels are the
-    inputs moved
-    one step left. Returns a dict with the steps, the validation losses, the number of
-    predicted tokens seen so far at each step, the wall time and the model.
+    inputs moved one step left. Returns a dict with the steps, the validation losses,
+    the number of predicted tokens seen so far at each step, the wall time and the
+    model.
     """
     from tqdm.auto import tqdm
 

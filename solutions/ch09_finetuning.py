@@ -2,11 +2,10 @@
 
 Reference solutions. The docstrings of the exercise functions and classes are the
 specification the learner reads; their bodies are the reference solution. Attribute
-names
-(``classifier``, ``base``, ``lora_A``, ``lora_B``, ``scaling``) are part of the
-contract: the
-checks copy weights into them by name. Provided helpers (the Shakespeare genre data, the
-frozen-feature cache, the training loops, the attention-only model) are given in full.
+names (``classifier``, ``base``, ``lora_A``, ``lora_B``, ``scaling``) are part of the
+contract: the checks copy weights into them by name. Provided helpers (the Shakespeare
+genre data, the frozen-feature cache, the training loops, the attention-only model) are
+given in full.
 """
 from __future__ import annotations
 
@@ -49,9 +48,8 @@ class ClassifierHead(nn.Module):
         0 for padding.
 
         Returns logits (B, num_labels): ``classifier(dropout(pooled))`` where
-        ``pooled[b]`` is the
-        mean of ``hidden[b, t]`` over the positions t with ``attention_mask[b, t] == 1``
-        only.
+        ``pooled[b]`` is the mean of ``hidden[b, t]`` over the positions t with
+        ``attention_mask[b, t] == 1`` only.
         """
         m = attention_mask.to(hidden.dtype).unsqueeze(-1)           # (B, T, 1)
         # (B, d): padding left out
@@ -71,11 +69,10 @@ class LoRALinear(nn.Module):
         (``requires_grad = False``).
 
         New trainable parameters: ``self.lora_A = nn.Parameter`` of shape (r,
-        in_features), random
-        (``nn.init.kaiming_uniform_(A, a=math.sqrt(5))``, as nn.Linear and peft do), and
-        ``self.lora_B = nn.Parameter`` of shape (out_features, r), all zeros, so that
-        the layer
-        starts out computing exactly ``base(x)``. Store ``self.scaling = alpha / r``.
+        in_features), random (``nn.init.kaiming_uniform_(A, a=math.sqrt(5))``, as
+        nn.Linear and peft do), and ``self.lora_B = nn.Parameter`` of shape
+        (out_features, r), all zeros, so that the layer starts out computing exactly
+        ``base(x)``. Store ``self.scaling = alpha / r``.
         """
         super().__init__()
         self.base = base
@@ -116,11 +113,10 @@ def add_lora(
     """Put LoRA into ``model``: freeze everything, then wrap the chosen linear layers.
 
     Every ``nn.Linear`` whose attribute name (the last part of its dotted name, e.g.
-    ``query`` in
-    ``encoder.layer.0.attention.self.query``) is in ``target_modules`` is replaced, in
-    place, by
-    ``LoRALinear(that_linear, r, alpha)``. All other parameters of the model get
-    ``requires_grad = False``, so that only the ``lora_A``/``lora_B`` matrices train.
+    ``query`` in ``encoder.layer.0.attention.self.query``) is in ``target_modules`` is
+    replaced, in place, by ``LoRALinear(that_linear, r, alpha)``. All other parameters
+    of the model get ``requires_grad = False``, so that only the ``lora_A``/``lora_B``
+    matrices train.
     Returns the same model object.
     """
     for p in model.parameters():
@@ -146,9 +142,8 @@ def token_losses(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """The next-token loss at every position, not averaged.
 
     logits: (B, T, V) from a causal model fed ``tokens`` (B, T). Position t predicts
-    token t + 1,
-    so there are T - 1 predictions per sequence. Returns float (B, T - 1) with entry
-    ``[b, t] = -log softmax(logits[b, t])[tokens[b, t + 1]]``.
+    token t + 1, so there are T - 1 predictions per sequence. Returns float (B, T - 1)
+    with entry ``[b, t] = -log softmax(logits[b, t])[tokens[b, t + 1]]``.
     """
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)          # (B, T-1, V)
     return -logp.gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)  # (B, T-1)
@@ -159,14 +154,11 @@ def induction_score(attn: torch.Tensor, period: int) -> torch.Tensor:
     itself.
 
     attn: attention probabilities (..., T, T) (query, key) of a causal model fed a
-    sequence whose
-    token at position t equals the token at t - period for every t >= period. An
-    induction head
-    at query t looks back to the earlier occurrence of the current token (t - period)
-    and attends
-    to the token AFTER it, at key t - period + 1. Returns (...): the mean over the
-    queries
-    t = period, ..., T - 1 of ``attn[..., t, t - period + 1]``.
+    sequence whose token at position t equals the token at t - period for every t >=
+    period. An induction head at query t looks back to the earlier occurrence of the
+    current token (t - period) and attends to the token AFTER it, at key t - period + 1.
+    Returns (...): the mean over the queries t = period, ..., T - 1 of
+    ``attn[..., t, t - period + 1]``.
     """
     T = attn.shape[-1]
     q = torch.arange(period, T)
@@ -250,8 +242,7 @@ def genre_dataset(
     tragedy.
 
     The test split holds out six whole plays (``TEST_PLAYS``): a passage of Hamlet is
-    never
-    seen in training, so the test measures genre, not memory of a play's names and
+    never seen in training, so the test measures genre, not memory of a play's names and
     plots.
     Returns ``{"train": [(text, label, play), ...], "test": [...]}``.
     """
@@ -311,8 +302,7 @@ def encode_frozen(
     need.
 
     Returns ``(hidden, mask, last)``: the states entering layer ``split_layer`` (N, T,
-    d), the
-    attention mask (N, T), and the output of the last layer (N, T, d); T =
+    d), the attention mask (N, T), and the output of the last layer (N, T, d); T =
     ``max_length``.
     """
     from tqdm.auto import tqdm
@@ -562,11 +552,9 @@ def repeated_tokens(
     2L``.
 
     L is ``period`` when given (the evaluation uses L = length // 2: the whole second
-    half
-    repeats the first), otherwise drawn per sequence from [length // 8, length // 2], so
-    that
-    only the content, not a fixed offset, tells the model where to look. (B, length)
-    int64.
+    half repeats the first), otherwise drawn per sequence from [length // 8, length //
+    2], so that only the content, not a fixed offset, tells the model where to look. (B,
+    length) int64.
     """
     x = torch.randint(vocab_size, (batch_size, length), generator=generator)
     for b in range(batch_size):
@@ -592,12 +580,11 @@ def train_induction(
     learning.
 
     At every evaluation, on a fixed batch whose second half repeats its first half (L =
-    length // 2):
-    ``early`` = mean loss predicting tokens 1 .. L - 1 (first occurrence: nothing to
-    copy),
-    ``late`` = mean loss predicting tokens L + 1 .. 2L - 1 (second occurrence), the best
-    induction score among the layer-2 heads and the best previous-token score among the
-    layer-1 heads. ``losses_fn``/``score_fn`` are ``token_losses``/``induction_score``.
+    length // 2): ``early`` = mean loss predicting tokens 1 .. L - 1 (first occurrence:
+    nothing to copy), ``late`` = mean loss predicting tokens L + 1 .. 2L - 1 (second
+    occurrence), the best induction score among the layer-2 heads and the best
+    previous-token score among the layer-1 heads. ``losses_fn``/``score_fn`` are
+    ``token_losses``/``induction_score``.
     """
     from tqdm.auto import tqdm
 

@@ -4,8 +4,7 @@ gradients.
 Reference solutions. The docstrings of the exercise functions are the specification the
 learner reads; their bodies are the reference solution. Provided helpers (the character
 tokenizer with its chat template, the preference data built from Shakespeare, the DPO
-loop,
-the conversion to a Hugging Face GPT-2 for trl) are given in full.
+loop, the conversion to a Hugging Face GPT-2 for trl) are given in full.
 """
 from __future__ import annotations
 
@@ -29,9 +28,8 @@ from solutions.ch08_objectives import torch_threads
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 
 # Every turn is "<|role|>\n" + content + "<|end|>" + "\n". The {% generation %} block
-# marks
-# what the assistant says (its content and the <|end|> that stops it): the tokens to
-# learn.
+# marks what the assistant says (its content and the <|end|> that stops it): the tokens
+# to learn.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|' + message['role'] + '|>\n' }}"
@@ -48,10 +46,8 @@ def char_tokenizer(vocab: list[str], chat: bool = True):
     """A Hugging Face fast tokenizer over single characters (the chapter-7 vocabulary).
 
     A BPE model with no merges splits text into characters; ``chat=True`` adds the role
-    tokens
-    as special tokens (ids after the characters) and the chat template. The
-    end-of-sequence
-    and padding token is the newline, which the Shakespeare model knows.
+    tokens as special tokens (ids after the characters) and the chat template. The
+    end-of-sequence and padding token is the newline, which the Shakespeare model knows.
     """
     from tokenizers import Tokenizer, decoders, models
     from transformers import PreTrainedTokenizerFast
@@ -75,15 +71,11 @@ def sft_tokenize(messages: list[dict], tokenizer) -> tuple[torch.Tensor, torch.T
     ``messages`` is a list of ``{"role": "system" | "user" | "assistant", "content":
     str}``.
     Each turn is the text ``"<|role|>\\n" + content + "<|end|>" + "\\n"``, tokenized
-    with
-    ``tokenizer.encode(text, add_special_tokens=False)``. Returns ``(input_ids,
-    labels)``, both
-    int64 of shape (T,): ``labels[t] = input_ids[t]`` where token t is part of an
-    assistant's
-    content or the ``<|end|>`` closing it, and -100 everywhere else (role headers,
-    system and
-    user turns, the newline after each turn). Labels are NOT shifted: the model shifts
-    them.
+    with ``tokenizer.encode(text, add_special_tokens=False)``. Returns
+    ``(input_ids, labels)``, both int64 of shape (T,): ``labels[t] = input_ids[t]``
+    where token t is part of an assistant's content or the ``<|end|>`` closing it, and
+    -100 everywhere else (role headers, system and user turns, the newline after each
+    turn). Labels are NOT shifted: the model shifts them.
     """
     ids, labels = [], []
     for m in messages:
@@ -109,12 +101,10 @@ def last_token_reward(
 
     hidden: (B, T, d) final hidden states of a causal model; input_ids: (B, T) int64;
     score_weight: (1, d), the reward head (a linear layer without bias). Position t of a
-    causal
-    model has seen tokens 0..t, so only the LAST real token's state has read the whole
-    sequence.
+    causal model has seen tokens 0..t, so only the LAST real token's state has read the
+    whole sequence.
     That is the rightmost position whose id is not ``pad_token_id`` (padding may be on
-    either
-    side). Returns float (B,): ``hidden[b, last_b] @ score_weight[0]``.
+    either side). Returns float (B,): ``hidden[b, last_b] @ score_weight[0]``.
     """
     T = input_ids.shape[1]
     positions = torch.arange(T).expand_as(input_ids)
@@ -137,8 +127,8 @@ def bradley_terry_loss(
 
     chosen_rewards, rejected_rewards: float (N,), pair i preferred chosen over rejected.
     Under the Bradley-Terry model P(chosen > rejected) = sigmoid(r_c - r_r); the loss is
-    the
-    mean negative log-likelihood, a scalar. Must stay finite for differences of +-1000.
+    the mean negative log-likelihood, a scalar. Must stay finite for differences of
+    +-1000.
     """
     return -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
 
@@ -178,9 +168,8 @@ def dpo_loss(
     log-probs.
 
     The implicit reward of a completion is ``beta * (log pi(y|x) - log pi_ref(y|x))``;
-    the loss
-    is ``-log sigmoid(reward_chosen - reward_rejected)``, mean over the N pairs (a
-    scalar).
+    the loss is ``-log sigmoid(reward_chosen - reward_rejected)``, mean over the N pairs
+    (a scalar).
     """
     chosen_rewards = beta * (policy_chosen - ref_chosen)
     rejected_rewards = beta * (policy_rejected - ref_rejected)
@@ -198,10 +187,9 @@ def dpo_batch_loss(
     differentiates.
 
     input_ids, completion_mask: (2N, T); rows 0..N-1 are the chosen sequences, rows
-    N..2N-1 the
-    rejected ones (row i + N has the same prompt as row i). ``model(input_ids)`` returns
-    logits
-    (2N, T, V). Only the policy learns: the reference model must receive no gradient.
+    N..2N-1 the rejected ones (row i + N has the same prompt as row i).
+    ``model(input_ids)`` returns logits (2N, T, V). Only the policy learns: the
+    reference model must receive no gradient.
     Returns the scalar loss (``sequence_logprobs`` then ``dpo_loss``).
     """
     n = input_ids.shape[0] // 2
@@ -220,12 +208,10 @@ def reinforce_loss(seq_logprobs: torch.Tensor, rewards: torch.Tensor) -> torch.T
     """REINFORCE with the batch-mean baseline, as a loss to minimise.
 
     seq_logprobs: float (B,) log pi(y_b | x_b) of B sampled completions
-    (differentiable);
-    rewards: float (B,). Advantage ``A_b = r_b - mean(r)`` (a constant: no gradient
-    flows
-    through it). Returns the scalar ``-mean_b(A_b * seq_logprobs_b)``, whose gradient is
-    the
-    policy-gradient estimate with the sign flipped.
+    (differentiable); rewards: float (B,). Advantage ``A_b = r_b - mean(r)`` (a
+    constant: no gradient flows through it). Returns the scalar
+    ``-mean_b(A_b * seq_logprobs_b)``, whose gradient is the policy-gradient estimate
+    with the sign flipped.
     """
     advantages = (rewards - rewards.mean()).detach()
     return -(advantages * seq_logprobs).mean()
@@ -241,13 +227,10 @@ def ppo_clip_loss(
     """PPO's clipped surrogate objective, per token, as a loss to minimise.
 
     logprobs, old_logprobs: (B, T) log-probs of the sampled tokens under the current
-    policy and
-    under the policy that sampled them; advantages: (B,), one per sequence, shared by
-    its
-    tokens; mask: (B, T), 1 on completion tokens. With ``ratio = exp(logprobs -
-    old_logprobs)``,
-    per token ``-min(ratio * A, clamp(ratio, 1 - epsilon, 1 + epsilon) * A)``; returns
-    the mean
+    policy and under the policy that sampled them; advantages: (B,), one per sequence,
+    shared by its tokens; mask: (B, T), 1 on completion tokens. With
+    ``ratio = exp(logprobs - old_logprobs)``, per token
+    ``-min(ratio * A, clamp(ratio, 1 - epsilon, 1 + epsilon) * A)``; returns the mean
     over the masked tokens of the whole batch (sum / number of completion tokens), a
     scalar.
     """
@@ -262,11 +245,9 @@ def group_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     prompt.
 
     rewards: float (B,), B = n_prompts * group_size, the completions of a prompt
-    consecutive.
-    ``A = (r - mean_group) / (std_group + 1e-4)``, the std with Bessel's correction
-    (divide by
-    G - 1), as trl computes it. Returns float (B,). A group whose rewards are all equal
-    gets 0.
+    consecutive. ``A = (r - mean_group) / (std_group + 1e-4)``, the std with Bessel's
+    correction (divide by G - 1), as trl computes it. Returns float (B,). A group whose
+    rewards are all equal gets 0.
     """
     g = rewards.view(-1, group_size)
     mean = g.mean(dim=1, keepdim=True)
@@ -289,19 +270,16 @@ def grpo_loss(
     """The GRPO loss (Shao et al., 2024) as trl computes it.
 
     logprobs, old_logprobs, ref_logprobs: (B, T) per-token log-probs of the sampled
-    completions
-    under the current, the sampling and the reference policy; rewards: (B,); mask: (B,
-    T),
-    completions right-padded to T tokens. Per token:
-    ``ratio = exp(logprobs - old_logprobs)``, ``A = group_advantages(rewards,
-    group_size)``,
+    completions under the current, the sampling and the reference policy; rewards: (B,);
+    mask: (B, T), completions right-padded to T tokens. Per token:
+    ``ratio = exp(logprobs - old_logprobs)``,
+    ``A = group_advantages(rewards, group_size)``,
     ``pg = -min(ratio * A, clamp(ratio, 1 - epsilon, 1 + epsilon) * A)``,
     ``kl = exp(ref - logprobs) - (ref - logprobs) - 1`` (the k3 estimator), multiplied
-    by ratio
-    when ``kl_ratio``; ``loss_t = pg + beta * kl``. Then, with masked tokens only:
-    ``"grpo"``: mean over sequences of each sequence's token mean; ``"bnpo"``: sum over
-    the
-    batch / number of completion tokens; ``"dr_grpo"``: sum over the batch / (B * T).
+    by ratio when ``kl_ratio``; ``loss_t = pg + beta * kl``. Then, with masked tokens
+    only: ``"grpo"``: mean over sequences of each sequence's token mean; ``"bnpo"``: sum
+    over the batch / number of completion tokens; ``"dr_grpo"``: sum over the batch / (B
+    * T).
     """
     A = group_advantages(rewards, group_size).unsqueeze(1)                  # (B, 1)
     ratio = torch.exp(logprobs - old_logprobs)
@@ -391,8 +369,8 @@ def encode_pairs(
     rejected.
 
     Each row is prompt + completion + end token (a newline, as trl adds the tokenizer's
-    EOS),
-    right-padded with the end token; the mask is 1 on the completion and its end token.
+    EOS), right-padded with the end token; the mask is 1 on the completion and its end
+    token.
     """
     rows = []
     for key in ("chosen", "rejected"):
@@ -473,11 +451,9 @@ def dpo_train(
 
     ``train``/``test`` are ``(input_ids, completion_mask)`` from ``encode_pairs``;
     ``logprobs_fn``/``loss_fn`` are ``sequence_logprobs``/``dpo_loss``. Logs, on the
-    held-out
-    pairs: the mean reward margin beta*((pi_c - ref_c) - (pi_r - ref_r)), the preference
-    accuracy
-    (margin > 0), how often the policy itself gives the chosen completion the higher
-    probability, and the per-token KL to the reference.
+    held-out pairs: the mean reward margin beta*((pi_c - ref_c) - (pi_r - ref_r)), the
+    preference accuracy (margin > 0), how often the policy itself gives the chosen
+    completion the higher probability, and the per-token KL to the reference.
     """
     from tqdm.auto import tqdm
 

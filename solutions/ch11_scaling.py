@@ -27,13 +27,11 @@ def param_count(config: GPTConfig, non_embedding: bool = False) -> int:
     """The number of parameters of ``GPT(config)`` (chapter 6), from the config alone.
 
     The model: a token table (vocab_size, d) and a position table (block_size, d);
-    n_layer
-    blocks, each with two LayerNorms (weight and bias), attention (qkv: d -> 3d and
-    proj:
-    d -> d, with biases) and an MLP (fc: d -> 4d and proj: 4d -> d, with biases); a
-    final
-    LayerNorm; an output layer TIED to the token table (one matrix, counted once).
-    non_embedding=True leaves out both tables (as Kaplan et al. 2020 count N).
+    n_layer blocks, each with two LayerNorms (weight and bias), attention (qkv: d -> 3d
+    and proj: d -> d, with biases) and an MLP (fc: d -> 4d and proj: 4d -> d, with
+    biases); a final LayerNorm; an output layer TIED to the token table (one matrix,
+    counted once). non_embedding=True leaves out both tables (as Kaplan et al. 2020
+    count N).
     Returns a Python int.
     """
     d, L = config.n_embd, config.n_layer
@@ -59,9 +57,8 @@ def flops_per_token(config: GPTConfig, seq_len: int) -> int:
     2 FLOPs per multiply-add of every matrix product, nothing for lookups, biases,
     LayerNorms, GELU or softmax; the backward pass costs twice the forward.
 
-    The matrix products per token and layer: the four weight matrices of the block
-    (12 d^2 weights); the scores q k^T and the weighted sum of the values, each seq_len
-    x d
+    The matrix products per token and layer: the four weight matrices of the block (12
+    d^2 weights); the scores q k^T and the weighted sum of the values, each seq_len x d
     multiply-adds per token (the full square: the causal mask does not save work here);
     and once per token the output layer (vocab_size x d weights, shared with the token
     table but still a matrix product). Returns a Python int.
@@ -126,10 +123,9 @@ def isoflop_minimum(N: np.ndarray, L: np.ndarray) -> tuple[float, float]:
     N: (n,) model sizes trained with the same compute, n >= 3; L: (n,) their final
     losses.
     Fit the parabola L = a (ln N)^2 + b ln N + c by least squares (in ln N: the profile
-    is
-    a valley on a log axis), and return (N_opt, L_opt): the size at the parabola's
-    vertex
-    and the parabola's value there, as floats. Assumes the valley opens upwards (a > 0).
+    is a valley on a log axis), and return (N_opt, L_opt): the size at the parabola's
+    vertex and the parabola's value there, as floats. Assumes the valley opens upwards
+    (a > 0).
     """
     x = np.log(np.asarray(N, dtype=np.float64))
     X = np.stack([x ** 2, x, np.ones_like(x)], axis=1)
@@ -170,8 +166,7 @@ def bootstrap_interval(
     x, y: (n,) arrays of paired observations; statistic(x, y) -> float.
     Draw every resample at once with ``rng = np.random.default_rng(seed)`` and
     ``idx = rng.integers(0, n, size=(n_boot, n))`` (row b: the indices of resample b,
-    with
-    replacement, the same for x and y); evaluate the statistic on each; return the
+    with replacement, the same for x and y); evaluate the statistic on each; return the
     ((1 - level)/2, (1 + level)/2) quantiles of those n_boot values (``np.quantile``'s
     default, linear interpolation) as two floats.
     """
@@ -200,11 +195,9 @@ def fit_parametric(
 
     Least squares on log L (Hoffmann et al. used a Huber loss on log L; with a few dozen
     clean runs plain least squares gives the same fit), A and B through their
-    logarithms,
-    from a small grid of starting points (the surface has poor valleys), or from
-    ``start``
-    alone (a previous fit: fast, for bootstrap resamples). Returns a dict with E, A, B,
-    alpha, beta."""
+    logarithms, from a small grid of starting points (the surface has poor valleys), or
+    from ``start`` alone (a previous fit: fast, for bootstrap resamples). Returns a dict
+    with E, A, B, alpha, beta."""
     from scipy.optimize import least_squares
 
     N, D, L = (np.asarray(v, dtype=np.float64) for v in (N, D, L))
@@ -447,9 +440,8 @@ def shakespeare_char_data():
 # --------------------------------------------------------------------------------------
 # Provided: the committed results of benchmarks/scaling_ladder.py (a copy of
 # benchmarks/results/scaling_ladder.json, so that the chapter runs anywhere; a test
-# keeps
-# the two equal). Every run: 1 CPU thread, context BLOCK, batch BATCH, AdamW, cosine
-# schedule.
+# keeps the two equal). Every run: 1 CPU thread, context BLOCK, batch BATCH, AdamW,
+# cosine schedule.
 # --------------------------------------------------------------------------------------
 LADDER_FIELDS = (
     "n_layer",

@@ -2,13 +2,10 @@
 
 Reference solutions. The docstrings of the exercise functions are the specification the
 learner reads; their bodies are the reference solution. Weight layouts follow Hugging
-Face
-Mixtral: a router matrix ``(E, H)``, fused expert weights ``gate_up_proj (E, 2I, H)``
-(the
-gate half first) and ``down_proj (E, H, I)``. The rest is PROVIDED: the MoE feed-forward
-layer and the small character-level GPT the experiments train, with a dense twin at
-equal
-active parameters.
+Face Mixtral: a router matrix ``(E, H)``, fused expert weights
+``gate_up_proj (E, 2I, H)`` (the gate half first) and ``down_proj (E, H, I)``. The rest
+is PROVIDED: the MoE feed-forward layer and the small character-level GPT the
+experiments train, with a dense twin at equal active parameters.
 """
 from __future__ import annotations
 
@@ -40,9 +37,8 @@ def topk_router(x: torch.Tensor, weight: torch.Tensor, k: int, normalize: bool =
     x: (N, H) token states; weight: (E, H) the router matrix (no bias); k <= E.
     The router logits are ``x @ weight.T`` (N, E). Take a softmax over the E experts (in
     float32), keep the k largest probabilities per token, and, when ``normalize`` is
-    True
-    (Mixtral), divide them by their sum so that each token's k weights add up to 1; when
-    False (Qwen2-MoE's default) keep the raw probabilities.
+    True (Mixtral), divide them by their sum so that each token's k weights add up to 1;
+    when False (Qwen2-MoE's default) keep the raw probabilities.
     Returns ``(weights, index)``: float32 (N, k) and int64 (N, k), largest weight first.
     """
     logits = F.linear(x, weight).float()                  # (N, E)
@@ -71,14 +67,11 @@ def sparse_moe(x: torch.Tensor, router_weight: torch.Tensor, gate_up_proj: torch
     """The sparse MoE feed-forward layer: every token goes through its k chosen experts.
 
     x: (..., H); router_weight: (E, H); gate_up_proj: (E, 2I, H), rows [0, I) the gate
-    and
-    [I, 2I) the up projection; down_proj: (E, H, I).
+    and [I, 2I) the up projection; down_proj: (E, H, I).
     Route with ``topk_router(x, router_weight, k, normalize)``; expert e computes
     ``down_e (silu(gate_e x) * up_e x)``; each token's output is the weighted sum of its
-    k
-    experts' outputs. Loop over the experts (not over tokens): for each expert, gather
-    the
-    tokens that chose it, run it once on all of them, add the weighted result back.
+    k experts' outputs. Loop over the experts (not over tokens): for each expert, gather
+    the tokens that chose it, run it once on all of them, add the weighted result back.
     Returns a tensor shaped like x.
     """
     shape = x.shape
@@ -138,12 +131,10 @@ def switch_moe(
 
     x: (B, T, H); router_weight: (E, H); wi: (E, F, H); wo: (E, H, F); expert e computes
     ``wo_e relu(wi_e x)``. Each token goes to its most probable expert (softmax in
-    float32),
-    and its output is that probability times the expert's output. An expert takes at
-    most
-    ``capacity`` tokens from each sequence, first come first served (in position order);
-    the tokens beyond that are dropped: their output here is 0 (the layer's residual
-    connection, outside this function, carries them through unchanged).
+    float32), and its output is that probability times the expert's output. An expert
+    takes at most ``capacity`` tokens from each sequence, first come first served (in
+    position order); the tokens beyond that are dropped: their output here is 0 (the
+    layer's residual connection, outside this function, carries them through unchanged).
     Returns (B, T, H).
     """
     E = router_weight.shape[0]
@@ -180,11 +171,10 @@ def shared_expert_moe(
     shared expert.
 
     x: (..., H); the routed part as in ``sparse_moe`` (router (E, H), gate_up_proj (E,
-    2I, H),
-    down_proj (E, H, I)); the shared expert is a SwiGLU MLP with shared_gate_proj (S,
-    H),
-    shared_up_proj (S, H), shared_down_proj (H, S); its output is scaled per token by
-    ``sigmoid(x @ shared_expert_gate.T)`` with shared_expert_gate (1, H).
+    2I, H), down_proj (E, H, I)); the shared expert is a SwiGLU MLP with
+    shared_gate_proj (S, H), shared_up_proj (S, H), shared_down_proj (H, S); its output
+    is scaled per token by ``sigmoid(x @ shared_expert_gate.T)`` with shared_expert_gate
+    (1, H).
     Returns a tensor shaped like x.
     """
     routed = sparse_moe(x, router_weight, gate_up_proj, down_proj, k, normalize=False)
@@ -224,8 +214,7 @@ def bias_update(bias: torch.Tensor, index: torch.Tensor, gamma: float) -> torch.
     speed.
     With load_i the number of slots expert i received, return a NEW tensor
     ``bias_i + gamma * sign(mean_load - load_i)``: an overloaded expert's bias goes down
-    by
-    gamma, an underloaded one's goes up, an expert at exactly the mean load keeps its
+    by gamma, an underloaded one's goes up, an expert at exactly the mean load keeps its
     bias.
     Do not modify ``bias`` in place.
     """
@@ -249,10 +238,9 @@ def dispatch_sorted(
     gate_up_proj (E, 2I, H) and down_proj (E, H, I) as in ``sparse_moe``.
     Flatten the N*k (token, expert) pairs, sort them by expert (``argsort``), gather the
     tokens once in that order, run each expert on its contiguous slice (one matmul pair
-    per
-    expert, slice sizes from ``bincount``), multiply by the weights, and scatter-add
-    back to
-    the tokens' original rows. Returns (N, H), equal to the loop in ``sparse_moe``.
+    per expert, slice sizes from ``bincount``), multiply by the weights, and scatter-add
+    back to the tokens' original rows. Returns (N, H), equal to the loop in
+    ``sparse_moe``.
     """
     N, k = index.shape
     E = gate_up_proj.shape[0]

@@ -1,13 +1,12 @@
 """Chapter 13 - Long sequences: RoPE scaling and Mamba.
 
 Reference solutions. Two answers to attention's quadratic cost. The first keeps
-attention
-and stretches RoPE so that a model trained on short contexts reads longer ones: position
-interpolation, NTK-aware / dynamic scaling and YaRN, each a new set of rotation
-frequencies. The second replaces attention by a selective state-space layer (Mamba): a
-recurrence with a fixed-size state, so that a token costs the same at position 10 as at
-position 10,000. Weight names follow Hugging Face's ``MambaMixer`` so that its weights
-load.
+attention and stretches RoPE so that a model trained on short contexts reads longer
+ones: position interpolation, NTK-aware / dynamic scaling and YaRN, each a new set of
+rotation frequencies. The second replaces attention by a selective state-space layer
+(Mamba): a recurrence with a fixed-size state, so that a token costs the same at
+position 10 as at position 10,000. Weight names follow Hugging Face's ``MambaMixer`` so
+that its weights load.
 """
 from __future__ import annotations
 
@@ -58,8 +57,7 @@ def dynamic_ntk_inv_freq(head_dim: int, base: float, factor: float, max_position
     sequence length; a sequence no longer than max_position gets the original
     frequencies.
     The new base is base * (factor * s / max_position - (factor - 1)) ** (d / (d - 2))
-    with
-    s = max(seq_len, max_position) and d = head_dim. Returns (head_dim/2,) float32.
+    with s = max(seq_len, max_position) and d = head_dim. Returns (head_dim/2,) float32.
     """
     s = max(seq_len, max_position)
     new_base = base * (factor * s / max_position - (factor - 1)) ** (
@@ -80,16 +78,12 @@ def yarn_inv_freq(
     ramp between.
 
     Dimension pair i turns original_max_position * theta_i / (2 pi) times over the
-    trained
-    context. Pairs that turn more than beta_fast times keep theta_i (extrapolation);
-    pairs
-    that turn fewer than beta_slow times get theta_i / factor (interpolation); in
-    between, a
-    linear ramp over the pair index. The ramp's ends are the (fractional) indices where
-    a pair
-    turns exactly beta_fast and beta_slow times, d * ln(L / (2 pi beta)) / (2 ln base),
-    rounded
-    outwards (floor for the low end, ceil for the high end) and clipped to [0, d - 1].
+    trained context. Pairs that turn more than beta_fast times keep theta_i
+    (extrapolation); pairs that turn fewer than beta_slow times get theta_i / factor
+    (interpolation); in between, a linear ramp over the pair index. The ramp's ends are
+    the (fractional) indices where a pair turns exactly beta_fast and beta_slow times, d
+    * ln(L / (2 pi beta)) / (2 ln base), rounded outwards (floor for the low end, ceil
+    for the high end) and clipped to [0, d - 1].
     Returns (inv_freq (head_dim/2,) float32, attention_factor = 0.1 ln(factor) + 1 (1
     when factor <= 1)).
     """
@@ -123,8 +117,7 @@ def yarn_cos_sin(positions: torch.Tensor, head_dim: int, base: float, factor: fl
 
     positions: (T,) int64. Returns (cos, sin), each (T, head_dim) float32, in Llama's
     half-split layout (the d/2 angles repeated twice), both multiplied by YaRN's
-    attention
-    factor, so that q . k after rotation carries the factor squared.
+    attention factor, so that q . k after rotation carries the factor squared.
     """
     inv_freq, attention_factor = yarn_inv_freq(
         head_dim, base, factor, original_max_position
@@ -209,12 +202,10 @@ class MambaWeights(nn.Module):
     (provided).
 
     in_proj (2D, H) gives x | z; conv1d a depthwise Conv1d over D channels with kernel
-    K;
-    x_proj (R + 2N, D) gives dt | B | C; dt_proj (D, R) with bias; A_log (D, N); D (D,);
-    out_proj (H, D). D = expand * H is the inner width (``intermediate_size``), N the
-    state
-    size (``ssm_state_size``), K the kernel (``conv_kernel_size``), R the rank of dt
-    (``time_step_rank``).
+    K; x_proj (R + 2N, D) gives dt | B | C; dt_proj (D, R) with bias; A_log (D, N); D
+    (D,); out_proj (H, D). D = expand * H is the inner width (``intermediate_size``), N
+    the state size (``ssm_state_size``), K the kernel (``conv_kernel_size``), R the rank
+    of dt (``time_step_rank``).
     """
 
     def __init__(
@@ -293,10 +284,9 @@ def mamba_step(
 
     x_t: (b, H) the new token's input. conv_state: (b, D, K) the conv inputs (x after
     in_proj, before the conv) of the last K positions, oldest first, the newest in the
-    last
-    slot. ssm_state: (b, D, N). Shift x_t's inner x into conv_state (drop the oldest),
-    take
-    the convolution's output for this position from it, then advance the scan one step.
+    last slot. ssm_state: (b, D, N). Shift x_t's inner x into conv_state (drop the
+    oldest), take the convolution's output for this position from it, then advance the
+    scan one step.
     Returns (y_t (b, H), new conv_state (b, D, K), new ssm_state (b, D, N)); the same
     layout as Hugging Face's cache (``conv_states``, ``recurrent_states``).
     """
@@ -430,9 +420,8 @@ class RopeGPT(nn.Module):
     """A character-level GPT whose only position signal is RoPE (provided).
 
     ``forward(idx, inv_freq=None, attention_factor=1.0)``: idx (B, T) -> logits (B, T,
-    V). The
-    rotation frequencies are an argument, so the same weights can be read with any
-    scaling.
+    V). The rotation frequencies are an argument, so the same weights can be read with
+    any scaling.
     """
 
     def __init__(

@@ -109,13 +109,12 @@ def train_replica(
 ) -> dict:
     """Train this rank's replica with plain data parallelism; return its state dict.
 
-    make_model(): builds a fresh model from torch's global random state.
-    x: (N, ...) inputs, y: (N,) int64 class labels, the whole data set, the same on
-    every rank. Build the replica after ``torch.manual_seed(seed)``. This rank reads the
-    indices ``shard_indices(N, rank, world_size)`` (no shuffling), in order,
-    ``batch_size`` per step. Each step: ``F.cross_entropy`` (mean) on the local batch,
-    backward, average the gradients over the ranks with ``allreduce_gradients``, then
-    one step of
+    make_model(): builds a fresh model from torch's global random state. x: (N, ...)
+    inputs, y: (N,) int64 class labels, the whole data set, the same on every rank.
+    Build the replica after ``torch.manual_seed(seed)``. This rank reads the indices
+    ``shard_indices(N, rank, world_size)`` (no shuffling), in order, ``batch_size`` per
+    step. Each step: ``F.cross_entropy`` (mean) on the local batch, backward, average
+    the gradients over the ranks with ``allreduce_gradients``, then one step of
     ``torch.optim.SGD(model.parameters(), lr=lr)``. Zero the gradients before each step.
     Returns ``model.state_dict()`` after ``steps`` steps.
     """

@@ -498,9 +498,9 @@ def make_questions(chunks: list[dict], n_quotes: int = 150,
     lines of 7 to 16 words that occur once in the corpus, lie inside exactly one chunk
     together with their speaker's name, do not name their speaker, are not spoken by
     "ALL" or "BOTH", and hold no double quote; the question quotes the line word for
-    word. Paraphrase questions: the lines
-    of ``PARAPHRASES``, kept when the fragment finds exactly one spoken line of the
-    chunked plays and the question shares no content word with that line.
+    word. Paraphrase questions: the lines of ``PARAPHRASES``, kept when the fragment
+    finds exactly one spoken line of the chunked plays and the question shares no
+    content word with that line.
     Each question: ``{"kind", "question", "answer", "play", "line", "gold"}``, ``gold``
     the ids of the chunks that contain the line.
     """

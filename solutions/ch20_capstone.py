@@ -1038,8 +1038,8 @@ def make_questions(
     book's defined terms (words set in bold in the chapter sources, 1 to 4 words, kept
     in ``terms[chapter]`` by ``defined_terms``) exactly once, with no math ("$"), no
     blank, no italics and no reference ("et al.") in it. The term becomes "____".
-    ``random.Random(seed)`` shuffles the
-    candidates and keeps ``n`` of them, at most 3 per chapter section; each is
+    ``random.Random(seed)`` shuffles the candidates and keeps ``n`` of them, at most 3
+    per chapter section; each is
     ``{"question", "answer", "chapter", "section", "gold"}`` (``gold``: the ids of the
     chunks holding the sentence).
     """
