@@ -1,7 +1,8 @@
 """Pretraining benchmark: nanoGPT's CPU recipe vs the chapter-7 recipe, side by side.
 
-    .venv/bin/python benchmarks/bench_pretraining.py [--threads 2] [--repeats 3]
-        [--only nanogpt,baseline,recipe] [--quick] [--json benchmarks/results/pretraining.json]
+    .venv/bin/python benchmarks/bench_pretraining.py [--threads 2] [--repeats 3] [--per-step 8]
+        [--only nanogpt,baseline,recipe,recipe_adamw] [--quick]
+        [--json benchmarks/results/pretraining.json]
 
 Three runs on nanoGPT's tiny-Shakespeare file (<repo>/../shared/data/tinyshakespeare.txt,
 1.1 M characters; character level, first 90% train, last 10% validation), in one process,
@@ -19,16 +20,23 @@ back to back, the order rotated at every repeat:
   (solutions/ch07_pretraining.py: train with reference_parts()). nanoGPT reports a
   validation loss of about 1.88.
 - recipe: the chapter's recipe (solutions.ch07_pretraining.RECIPE_MODEL and RECIPE), by
-  the course's GPT and loop.
+  the course's GPT and loop, with Muon on the blocks' matrices and AdamW on the rest.
+- recipe_adamw (only with --only): the same recipe with AdamW on every parameter.
 
 The wall time counts training only. All are then scored on the same 200 validation
 batches of 12 x 64 characters (a fixed seed), so the losses are directly comparable.
-The machine's cores may be shared: wall times are noisy, which is why the runs share a
-process and a thread count, alternate their order, repeat, and report CPU time too.
+The machine's cores may be shared, and a virtual machine's speed drifts by 20% or more
+from one minute to the next: whole-run wall times are noisy, which is why the runs share a
+process and a thread count, alternate their order, repeat, and report CPU time and the
+load average just before each run too. With --per-step N the script then runs every
+configuration in short segments (100 steps), alternated N times: each segment's time per
+step, and the time of a whole run estimated from it, are compared with those of the
+baseline segment of the same alternation, so the drift cancels out of the ratios.
 """
 import argparse
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -174,11 +182,12 @@ def nanogpt_train(model: NanoStyleGPT, data: torch.Tensor, cfg: TrainConfig) -> 
 
 
 # --------------------------------------------------------------------------------------
-def run(name: str, spec: dict, train_ids, val_ids, vocab_size: int, quick: bool = False) -> dict:
+def run(name: str, spec: dict, train_ids, val_ids, vocab_size: int, quick: bool = False, score: bool = True) -> dict:
     cfg = spec["train"]
     if quick:
         cfg = cfg._replace(steps=max(20, cfg.steps // 50), warmup=min(cfg.warmup, 5))
     torch.manual_seed(cfg.seed)
+    load = os.getloadavg()[0]  # other jobs on the machine's cores, just before the run
     cpu0 = time.process_time()
     if spec.get("nanogpt"):
         model = NanoStyleGPT(vocab_size=vocab_size, **spec["model"])
@@ -186,17 +195,21 @@ def run(name: str, spec: dict, train_ids, val_ids, vocab_size: int, quick: bool 
     else:
         model = GPT(GPTConfig(vocab_size=vocab_size, **spec["model"]))
         seconds = train(model, train_ids, val_ids, cfg._replace(eval_batches=1), desc=name,
-                        **reference_parts())["seconds"]
+                        progress=score, **reference_parts())["seconds"]
     cpu = time.process_time() - cpu0
-    val = estimate_loss(model, val_ids, EVAL_BLOCK, EVAL_BATCH, 20 if quick else EVAL_BATCHES, seed=EVAL_SEED)
+    val = (estimate_loss(model, val_ids, EVAL_BLOCK, EVAL_BATCH, 20 if quick else EVAL_BATCHES, seed=EVAL_SEED)
+           if score else float("nan"))
     tokens = cfg.steps * cfg.batch_size * model.config.block_size
     return dict(name=name, params=model.num_parameters(), layers=model.config.n_layer, steps=cfg.steps,
                 batch=cfg.batch_size, block=model.config.block_size, lr=cfg.max_lr, tokens=tokens,
                 seconds=round(seconds, 2), cpu=round(cpu, 2), ms_per_step=round(1e3 * seconds / cfg.steps, 2),
-                val=round(val, 4))
+                val=round(val, 4), load_before=round(load, 2))
 
 
-RUNS = {"nanogpt": dict(BASELINE, nanogpt=True), "baseline": BASELINE, "recipe": CHAPTER}
+# The recipe with AdamW on every parameter (no Muon): what the optimizer is worth.
+ADAMW_ONLY = dict(model=RECIPE_MODEL, train=RECIPE._replace(muon_lr_scale=0.0, muon_weight_decay=0.0))
+RUNS = {"nanogpt": dict(BASELINE, nanogpt=True), "baseline": BASELINE, "recipe": CHAPTER,
+        "recipe_adamw": ADAMW_ONLY}
 
 
 def main(argv=None) -> int:
@@ -205,6 +218,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--only", default="nanogpt,baseline,recipe", help="comma-separated runs among " + ", ".join(RUNS))
     p.add_argument("--quick", action="store_true", help="a few steps each (checks that the script runs)")
+    p.add_argument("--per-step", type=int, default=0, metavar="N",
+                   help="then N alternations of 100-step segments of every run: the per-step costs and the "
+                        "whole-run time ratios, with the machine's drift cancelled out")
     p.add_argument("--json", type=Path, help=f"write the table there (the committed one: {RESULTS.relative_to(ROOT)})")
     args = p.parse_args(argv)
     names = [n for n in args.only.split(",") if n]
@@ -216,15 +232,15 @@ def main(argv=None) -> int:
     train_ids, val_ids = train_val_split(encode_corpus(text, vocab), 0.9)
     print(f"data: {DATA.name}, {len(text):,} characters, vocabulary {len(vocab)}, "
           f"train {len(train_ids):,} / val {len(val_ids):,}; torch {torch.__version__}, {args.threads} thread(s)")
-    rows, ratios = [], []
+    rows, ratios, per_step = [], [], {}
 
     def write_json() -> None:  # after every repeat: a long run interrupted keeps what it measured
         spec = {n: dict(model=RUNS[n]["model"], train=RUNS[n]["train"]._asdict(),
                         code="nanoGPT's model and loop (NanoStyleGPT, nanogpt_train)" if RUNS[n].get("nanogpt")
                         else "solutions.ch07_pretraining: GPT, train, reference_parts()") for n in names}
         out = dict(script="benchmarks/bench_pretraining.py", torch=torch.__version__, threads=args.threads,
-                   machine=f"{platform.machine()}, {platform.processor() or 'cpu'}; cores shared with other jobs",
-                   quick=args.quick, runs=spec, rows=rows, ratios=ratios)
+                   machine=f"{platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores",
+                   quick=args.quick, runs=spec, rows=rows, ratios=ratios, per_step=per_step)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=1) + "\n")
 
@@ -243,18 +259,50 @@ def main(argv=None) -> int:
                              for n in names if n != "baseline"} | {"repeat": rep})
         if args.json:
             write_json()
+    if args.per_step:
+        # Short segments of every run, alternated (the order rotating): all the codes see the
+        # same machine, minute by minute, so its drift cancels out of the ratios.
+        steps = 20 if args.quick else 100
+        ms = {n: [] for n in names}
+        for k in range(args.per_step):
+            for name in names[k % len(names):] + names[:k % len(names)]:
+                seg = RUNS[name]["train"]._replace(steps=steps, warmup=min(10, RUNS[name]["train"].warmup))
+                r = run(name, dict(RUNS[name], train=seg), train_ids, val_ids, len(vocab), score=False)
+                ms[name].append(r["ms_per_step"])
+        per_step = dict(steps_per_segment=steps, alternations=args.per_step, ms_per_step=ms)
+        if "baseline" in names:
+            full = {n: [m * RUNS[n]["train"].steps for m in ms[n]] for n in names}  # ms for a whole run
+            for n in names:
+                if n != "baseline":
+                    ratio = sorted(a / b for a, b in zip(full[n], full["baseline"]))
+                    key = "per_step" if n == "nanogpt" else "run_time"
+                    if n == "nanogpt":  # the same recipe: the per-step ratio, course over nanoGPT
+                        ratio = sorted(1 / r for r in ratio)
+                    per_step[f"{n}_{key}_ratio"] = dict(median=round(ratio[len(ratio) // 2], 3),
+                                                        low=round(ratio[0], 3), high=round(ratio[-1], 3))
+        if args.json:
+            write_json()
     print()
-    print(f"{'run':9s} {'rep':>3s} {'params':>8s} {'steps':>6s} {'batch':>5s} {'max lr':>7s} {'tokens':>10s} "
-          f"{'train s':>8s} {'cpu s':>7s} {'ms/step':>8s} {'tok/s':>7s} {'val loss':>8s}")
+    print(f"{'run':12s} {'rep':>3s} {'params':>8s} {'steps':>6s} {'batch':>5s} {'max lr':>7s} {'tokens':>10s} "
+          f"{'train s':>8s} {'cpu s':>7s} {'ms/step':>8s} {'tok/s':>7s} {'val loss':>8s} {'load':>5s}")
     for r in rows:
-        print(f"{r['name']:9s} {r['repeat']:>3d} {r['params']:>8,d} {r['steps']:>6d} {r['batch']:>5d} {r['lr']:>7.0e} "
+        print(f"{r['name']:12s} {r['repeat']:>3d} {r['params']:>8,d} {r['steps']:>6d} {r['batch']:>5d} {r['lr']:>7.0e} "
               f"{r['tokens']:>10,d} {r['seconds']:>8.1f} {r['cpu']:>7.1f} {r['ms_per_step']:>8.1f} "
-              f"{r['tokens'] / r['seconds']:>7.0f} {r['val']:>8.4f}")
+              f"{r['tokens'] / r['seconds']:>7.0f} {r['val']:>8.4f} {r['load_before']:>5.1f}")
     for r in ratios:
         print(f"repeat {r['repeat']}: time relative to the baseline: "
               + ", ".join(f"{k} x{v:.2f}" for k, v in r.items() if k != "repeat"))
     print(f"(val loss: mean cross-entropy in nats on the same {20 if args.quick else EVAL_BATCHES} validation batches "
           f"of {EVAL_BATCH} x {EVAL_BLOCK} characters; nanoGPT reports about 1.88 for the baseline recipe)")
+    if per_step:
+        print(f"alternated segments of {per_step['steps_per_segment']} steps, {args.per_step} of each:")
+        for n in names:
+            print(f"  {n:12s} ms/step {sorted(per_step['ms_per_step'][n])}")
+        for k, v in per_step.items():
+            if k.endswith("_ratio"):
+                what = ("per step, the course's code / nanoGPT's" if k.startswith("nanogpt")
+                        else f"a whole {k.split('_run_time')[0]} run / the baseline's")
+                print(f"  {what}: median x{v['median']:.3f} (x{v['low']:.3f} to x{v['high']:.3f})")
     if args.json:
         print(f"wrote {args.json}")
     return 0

@@ -449,15 +449,83 @@ class TrainConfig(NamedTuple):
     eval_every: int = 0  # 0: evaluate only at the end
     eval_batches: int = 20
     seed: int = 1337
+    # > 0: the blocks' weight matrices are trained by Muon (``torch.optim.Muon``) at this
+    # fraction of the schedule's learning rate, with ``muon_weight_decay``; the optimizer
+    # passed to ``train`` keeps the embeddings, gains and biases. 0: it trains everything.
+    muon_lr_scale: float = 0.0
+    muon_weight_decay: float = 0.0
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay the matrices (embeddings, Linear weights), not the gains and biases."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def param_groups(model: nn.Module, weight_decay: float, exclude=()) -> list[dict]:
+    """Decay the matrices (embeddings, Linear weights), not the gains and biases. The
+    parameters in ``exclude`` are left out (another optimizer trains them)."""
+    skip = {id(p) for p in exclude}
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in skip]
     return [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
+
+
+def muon_matrices(model: GPT) -> list[nn.Parameter]:
+    """The weight matrices inside the blocks (attention and MLP projections): the
+    parameters Muon is meant for. Embeddings, the output layer and the gains are not."""
+    return [p for name, p in model.named_parameters()
+            if name.startswith("blocks.") and p.dim() == 2 and p.requires_grad]
+
+
+class Optimizers:
+    """Several optimizers stepped as one: ``param_groups`` lists all their groups (so a
+    schedule sets every learning rate), and ``step``, ``zero_grad``, ``state_dict`` and
+    ``load_state_dict`` go to each in turn."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for opt in self.optimizers for g in opt.param_groups]
+
+    def step(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for opt, s in zip(self.optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(s)
+
+
+def make_optimizer(model: GPT, cfg: TrainConfig, optimizer):
+    """``optimizer`` (AdamW's signature) on every parameter, or, when
+    ``cfg.muon_lr_scale`` > 0, on all but the blocks' matrices, which go to
+    ``torch.optim.Muon``. Muon's step is scaled to the RMS of an AdamW step
+    (``adjust_lr_fn="match_rms_adamw"``), so one schedule drives both; its groups carry
+    ``lr_scale``, the fraction of the schedule's rate they take."""
+    hidden = muon_matrices(model) if cfg.muon_lr_scale > 0 else []
+    opt = optimizer(
+        param_groups(model, cfg.weight_decay, exclude=hidden),
+        lr=cfg.max_lr,
+        betas=cfg.betas,
+        weight_decay=cfg.weight_decay,
+    )
+    if not hidden:
+        return opt
+    muon = torch.optim.Muon(
+        hidden,
+        lr=cfg.max_lr * cfg.muon_lr_scale,
+        weight_decay=cfg.muon_weight_decay,
+        adjust_lr_fn="match_rms_adamw",
+    )
+    for group in muon.param_groups:
+        group["lr_scale"] = cfg.muon_lr_scale
+    return Optimizers(opt, muon)
 
 
 @torch.no_grad()
@@ -554,12 +622,7 @@ def train(
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     T = model.config.block_size
-    opt = optimizer(
-        param_groups(model, cfg.weight_decay),
-        lr=cfg.max_lr,
-        betas=cfg.betas,
-        weight_decay=cfg.weight_decay,
-    )
+    opt = make_optimizer(model, cfg, optimizer)
     hist = {
         "step": [],
         "loss": [],
@@ -595,7 +658,7 @@ def train(
     for step in bar:
         lr = lr_at(step, cfg.max_lr, cfg.min_lr, cfg.warmup, cfg.steps)
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         x, y = get_batch(train_data, T, cfg.batch_size, g)
         loss = cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
@@ -658,7 +721,8 @@ def sample_text(
 # nanoGPT's baby GPT (2 layers instead of 4, so each character costs about half and more
 # text goes through it), relu(x)^2 in the MLP (cheaper than GELU on a CPU, as good),
 # larger batches, a 10x higher peak learning rate with Adam's beta2 = 0.95, a short
-# warm-up, a floor at 1/100 of the peak and a stronger weight decay.
+# warm-up, a floor at 1/100 of the peak and a stronger weight decay; Muon for the blocks'
+# matrices, at half the schedule's rate and with a weight decay of its own.
 RECIPE_MODEL = dict(
     n_layer=2,
     n_head=4,
@@ -669,7 +733,7 @@ RECIPE_MODEL = dict(
     activation="relu2",
 )
 RECIPE = TrainConfig(
-    steps=1250,
+    steps=1100,
     batch_size=32,
     max_lr=1e-2,
     min_lr=1e-4,
@@ -677,6 +741,8 @@ RECIPE = TrainConfig(
     weight_decay=0.3,
     betas=(0.9, 0.95),
     grad_clip=1.0,
+    muon_lr_scale=0.5,
+    muon_weight_decay=0.6,
 )
 PRETRAINED_NAME = "shakespeare_char"
 

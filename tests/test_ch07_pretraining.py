@@ -12,7 +12,8 @@ import copy
 import torch
 import torch.nn as nn
 
-from solutions.ch07_pretraining import (GPT, RECIPE, RECIPE_MODEL, AdamW, GPTConfig, TrainConfig, clip_grad_norm,
+from solutions.ch07_pretraining import (GPT, RECIPE, RECIPE_MODEL, AdamW, GPTConfig, Optimizers, TrainConfig,
+                                        clip_grad_norm, make_optimizer,
                                         cross_entropy, fast_adamw, fast_clip_grad_norm, fast_cross_entropy, get_batch,
                                         lr_at, param_groups, reference_parts, train)
 
@@ -130,3 +131,95 @@ def test_the_recipe_is_cheaper_per_step_than_the_baby_gpt_it_replaces():
     baby = GPT(GPTConfig(vocab_size=65, n_layer=4, n_head=4, n_embd=128, block_size=64))
     assert recipe.num_parameters() < baby.num_parameters()
     assert param_groups(recipe, 0.1)[1]["weight_decay"] == 0.0
+
+
+# -- Muon for the blocks' matrices (the recipe's optimizer) ---------------------------------
+def _tiny(seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=2, n_head=2, n_embd=16))
+
+
+def test_muon_takes_exactly_the_blocks_matrices_and_adamw_the_rest():
+    model = _tiny()
+    opt = make_optimizer(model, TrainConfig(muon_lr_scale=0.5, muon_weight_decay=0.3, weight_decay=0.1), fast_adamw)
+    assert isinstance(opt, Optimizers)
+    adam, muon = opt.optimizers
+    assert isinstance(adam, torch.optim.AdamW) and isinstance(muon, torch.optim.Muon)
+    names = {id(p): n for n, p in model.named_parameters()}
+    in_muon = sorted(names[id(p)] for g in muon.param_groups for p in g["params"])
+    in_adam = sorted(names[id(p)] for g in adam.param_groups for p in g["params"])
+    assert in_muon == sorted(f"blocks.{i}.{m}.weight" for i in range(2)
+                             for m in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"))
+    assert in_adam == sorted(set(names.values()) - set(in_muon))  # embeddings (tied head), norms
+    assert adam.param_groups[0]["weight_decay"] == 0.1 and adam.param_groups[1]["weight_decay"] == 0.0
+    assert muon.param_groups[0]["weight_decay"] == 0.3
+    assert muon.param_groups[0]["lr_scale"] == 0.5
+    # Without Muon the optimizer passed in trains every parameter, as before.
+    plain = make_optimizer(model, TrainConfig(), fast_adamw)
+    assert isinstance(plain, torch.optim.AdamW)
+    assert sum(len(g["params"]) for g in plain.param_groups) == len(list(model.parameters()))
+
+
+def test_a_muon_run_is_adamw_plus_torchs_muon_stepped_by_hand():
+    data = torch.randint(20, (3000,), generator=torch.Generator().manual_seed(6))
+    cfg = TrainConfig(steps=12, batch_size=4, max_lr=1e-2, min_lr=1e-4, warmup=3, betas=(0.9, 0.95),
+                      weight_decay=0.3, muon_lr_scale=0.5, muon_weight_decay=0.3, seed=7)
+    model = _tiny()
+    train(model, data, data, cfg, progress=False, **reference_parts())
+
+    by_hand = _tiny()
+    hidden = [p for n, p in by_hand.named_parameters() if n.startswith("blocks.") and p.dim() == 2]
+    ids = {id(p) for p in hidden}
+    rest = [p for p in by_hand.parameters() if id(p) not in ids]
+    adam = torch.optim.AdamW([{"params": [p for p in rest if p.dim() == 2], "weight_decay": 0.3},
+                              {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}],
+                             lr=1e-2, betas=(0.9, 0.95), fused=True)
+    muon = torch.optim.Muon(hidden, lr=5e-3, weight_decay=0.3, adjust_lr_fn="match_rms_adamw")
+    torch.manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)
+    for step in range(cfg.steps):
+        lr = lr_at(step, cfg.max_lr, cfg.min_lr, cfg.warmup, cfg.steps)
+        for group in adam.param_groups:
+            group["lr"] = lr
+        for group in muon.param_groups:
+            group["lr"] = 0.5 * lr
+        x, y = get_batch(data, 8, 4, g)
+        loss = torch.nn.functional.cross_entropy(by_hand(x).flatten(0, 1), y.flatten())
+        adam.zero_grad(set_to_none=True)
+        muon.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(by_hand.parameters(), 1.0)
+        adam.step()
+        muon.step()
+    for (name, p), q in zip(model.named_parameters(), by_hand.parameters()):
+        assert torch.allclose(p, q, rtol=1e-5, atol=1e-6), name
+    # Muon moved its matrices: the run is not AdamW alone.
+    adam_only = _tiny()
+    train(adam_only, data, data, cfg._replace(muon_lr_scale=0.0), progress=False, **reference_parts())
+    assert not torch.allclose(adam_only.blocks[0].mlp.fc.weight, model.blocks[0].mlp.fc.weight, atol=1e-4)
+
+
+def test_the_two_optimizers_save_and_resume_as_one():
+    model = _tiny()
+    cfg = TrainConfig(muon_lr_scale=0.5, muon_weight_decay=0.3)
+    x = torch.randint(20, (4, 8), generator=torch.Generator().manual_seed(8))
+
+    def steps(m, opt, n):
+        for _ in range(n):
+            loss = m(x).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    opt = make_optimizer(model, cfg, fast_adamw)
+    steps(model, opt, 3)
+    state, weights = copy.deepcopy(opt.state_dict()), copy.deepcopy(model.state_dict())
+    steps(model, opt, 3)
+    resumed = _tiny(1)
+    resumed.load_state_dict(weights)
+    opt2 = make_optimizer(resumed, cfg, fast_adamw)
+    opt2.load_state_dict(state)
+    assert opt2.optimizers[1].state  # Muon's momentum came back
+    steps(resumed, opt2, 3)
+    for p, q in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
