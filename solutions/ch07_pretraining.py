@@ -449,9 +449,10 @@ class TrainConfig(NamedTuple):
     eval_every: int = 0  # 0: evaluate only at the end
     eval_batches: int = 20
     seed: int = 1337
-    # > 0: the blocks' weight matrices are trained by Muon (``torch.optim.Muon``) at this
-    # fraction of the schedule's learning rate, with ``muon_weight_decay``; the optimizer
-    # passed to ``train`` keeps the embeddings, gains and biases. 0: it trains everything.
+    # > 0: the blocks' weight matrices are trained by Muon (``torch.optim.Muon``) at
+    # this fraction of the schedule's learning rate, with ``muon_weight_decay``; the
+    # optimizer passed to ``train`` keeps the embeddings, gains and biases. 0: it
+    # trains everything.
     muon_lr_scale: float = 0.0
     muon_weight_decay: float = 0.0
 
@@ -721,8 +722,8 @@ def sample_text(
 # nanoGPT's baby GPT (2 layers instead of 4, so each character costs about half and more
 # text goes through it), relu(x)^2 in the MLP (cheaper than GELU on a CPU, as good),
 # larger batches, a 10x higher peak learning rate with Adam's beta2 = 0.95, a short
-# warm-up, a floor at 1/100 of the peak and a stronger weight decay; Muon for the blocks'
-# matrices, at half the schedule's rate and with a weight decay of its own.
+# warm-up, a floor at 1/100 of the peak and a stronger weight decay; Muon for the
+# blocks' matrices, at half the schedule's rate and with a weight decay of its own.
 RECIPE_MODEL = dict(
     n_layer=2,
     n_head=4,
