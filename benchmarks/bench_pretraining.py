@@ -270,16 +270,18 @@ def main(argv=None) -> int:
                 r = run(name, dict(RUNS[name], train=seg), train_ids, val_ids, len(vocab), score=False)
                 ms[name].append(r["ms_per_step"])
         per_step = dict(steps_per_segment=steps, alternations=args.per_step, ms_per_step=ms)
+        def spread(ratios: list[float]) -> dict:
+            ratios = sorted(ratios)
+            return dict(median=round(ratios[len(ratios) // 2], 3), low=round(ratios[0], 3), high=round(ratios[-1], 3))
+
         if "baseline" in names:
-            full = {n: [m * RUNS[n]["train"].steps for m in ms[n]] for n in names}  # ms for a whole run
-            for n in names:
-                if n != "baseline":
-                    ratio = sorted(a / b for a, b in zip(full[n], full["baseline"]))
-                    key = "per_step" if n == "nanogpt" else "run_time"
-                    if n == "nanogpt":  # the same recipe: the per-step ratio, course over nanoGPT
-                        ratio = sorted(1 / r for r in ratio)
-                    per_step[f"{n}_{key}_ratio"] = dict(median=round(ratio[len(ratio) // 2], 3),
-                                                        low=round(ratio[0], 3), high=round(ratio[-1], 3))
+            base = ms["baseline"]
+            if "nanogpt" in names:  # the same recipe: the course's code per step over nanoGPT's
+                per_step["nanogpt_per_step_ratio"] = spread([b / a for a, b in zip(ms["nanogpt"], base)])
+            for n in names:  # a whole run of each recipe over a whole baseline run
+                if n not in ("nanogpt", "baseline"):
+                    steps_ratio = RUNS[n]["train"].steps / RUNS["baseline"]["train"].steps
+                    per_step[f"{n}_run_time_ratio"] = spread([a * steps_ratio / b for a, b in zip(ms[n], base)])
         if args.json:
             write_json()
     print()
